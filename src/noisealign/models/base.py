@@ -1,0 +1,118 @@
+"""The one model contract every method drives: an EDM denoiser plus its decoder.
+
+Notation (Karras et al. 2022, "EDM"): a noisy state is x = x0 + sigma * eps, and the
+denoiser D(x, sigma, cond) estimates E[x0 | x]. Every model family (the bundled digits
+net, the analytic Gaussian mixture, diffusers' Stable Diffusion pipelines) is wrapped so
+that it speaks this parameterization; methods never know which family they drive.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+from torch import Tensor
+
+Conditioning = Any
+"""A model's encoded prompt: a tensor or a dict of tensors whose leading dimension is 1.
+
+Methods align one prompt at a time, so the conditioning of one prompt is broadcast over
+every sample and candidate of a batch by the model itself.
+"""
+
+
+@runtime_checkable
+class DiffusionModel(Protocol):
+    """A pretrained diffusion model seen through the EDM parameterization.
+
+    Attributes:
+        name: registry name or hub id, written to result.json.
+        sample_shape: shape of one state x (without batch), e.g. (1, 8, 8) or (4, 64, 64).
+        sigma_min, sigma_max: the noise range the model was trained on.
+        default_steps: grid points of the plain sampler.
+        default_guidance: classifier-free guidance scale of the plain sampler (1 = none).
+        default_solver: the plain sampler's ODE solver, "euler" (= DDIM) or "heun".
+    """
+
+    name: str
+    sample_shape: tuple[int, ...]
+    sigma_min: float
+    sigma_max: float
+    default_steps: int
+    default_guidance: float
+    default_solver: str
+
+    def encode_prompt(self, prompt: str) -> Conditioning:
+        """Encode one prompt (once per run); "" is the unconditional prompt."""
+
+    def denoise(self, x: Tensor, sigma: Tensor, cond: Conditioning) -> Tensor:
+        """D(x, sigma, cond): the clean-state estimate; sigma is a 0-d or (B,) tensor."""
+
+    def decode(self, x0: Tensor) -> Tensor:
+        """Clean states to the outputs rewards score (images in [0, 1], B x C x H x W)."""
+
+    def sigmas(self, steps: int) -> Tensor:
+        """The plain sampler's grid: `steps` decreasing sigmas followed by a final 0."""
+
+    def prior_std(self, sigma: float) -> float:
+        """Scale of x_T = prior_std(sigma_T) * z: sigma for EDM models, sqrt(1 + sigma^2) for VP ones."""
+
+
+@dataclass(frozen=True)
+class Denoiser:
+    """D(x, sigma) for one prompt with classifier-free guidance folded in.
+
+    D = D_uncond + guidance * (D_cond - D_uncond) (Ho & Salimans 2022, written on x0;
+    it is the same affine combination as on eps). Both halves run as one batch.
+    guidance == 1 or an unconditional prompt skips the second half.
+    """
+
+    model: DiffusionModel
+    cond: Conditioning
+    uncond: Conditioning | None = None
+    guidance: float = 1.0
+
+    def __call__(self, x: Tensor, sigma: Tensor | float) -> Tensor:
+        sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device)
+        if self.uncond is None or self.guidance == 1.0:
+            return self.model.denoise(x, sigma, self.cond)
+        both = self.model.denoise(torch.cat([x, x]), _repeat_sigma(sigma, 2),
+                                  _stack_conditions(self.cond, self.uncond, len(x)))
+        d_cond, d_uncond = both.chunk(2)
+        return d_uncond + self.guidance * (d_cond - d_uncond)
+
+    @property
+    def evaluations_per_call(self) -> int:
+        """Network evaluations per sample in one call (2 with guidance)."""
+        return 1 if self.uncond is None or self.guidance == 1.0 else 2
+
+
+def make_denoiser(model: DiffusionModel, prompt: str, guidance: float | None = None,
+                  negative_prompt: str = "") -> Denoiser:
+    """Encode a prompt (and its negative) once and bind them to the model."""
+    guidance = model.default_guidance if guidance is None else guidance
+    cond = model.encode_prompt(prompt)
+    if guidance == 1.0 or prompt == negative_prompt:  # then D_cond == D_uncond exactly
+        return Denoiser(model, cond)
+    return Denoiser(model, cond, model.encode_prompt(negative_prompt), guidance)
+
+
+def _repeat_sigma(sigma: Tensor, times: int) -> Tensor:
+    return sigma if sigma.ndim == 0 else sigma.repeat(times)
+
+
+def _stack_conditions(cond: Conditioning, uncond: Conditioning, batch: int) -> Conditioning:
+    """Conditioning for [x; x]: the prompt for the first half, the negative for the second."""
+    if isinstance(cond, dict):
+        return {k: _stack_conditions(cond[k], uncond[k], batch) for k in cond}
+    return torch.cat([cond.expand(batch, *cond.shape[1:]), uncond.expand(batch, *uncond.shape[1:])])
+
+
+def broadcast_condition(cond: Conditioning, batch: int) -> Conditioning:
+    """Expand a batch-1 conditioning (tensor or dict of tensors) to `batch` rows."""
+    if isinstance(cond, dict):
+        return {k: broadcast_condition(v, batch) for k, v in cond.items()}
+    if cond.shape[0] == batch:
+        return cond
+    return cond.expand(batch, *cond.shape[1:])

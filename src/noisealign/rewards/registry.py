@@ -1,0 +1,57 @@
+"""Reward names to factories, and the spec grammar of `--reward`.
+
+    spec  := term (('+' | '-') term)*
+    term  := [number '*'] name [':' argument]
+
+`digit:3+0.5*brightness`, `aesthetic-0.1*jpeg`. Each factory takes the argument string
+(or None) and returns a Reward.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Callable
+
+from ..errors import NoiseAlignError
+from .base import Reward, WeightedSum
+from .simple import Brightness, JpegCompressibility
+
+RewardFactory = Callable[[str | None], Reward]
+
+
+def _digit(argument: str | None) -> Reward:
+    from .digit import DigitLogOdds  # loads the bundled classifier weights only when asked
+
+    return DigitLogOdds.from_argument(argument)
+
+
+REWARDS: dict[str, RewardFactory] = {
+    "digit": _digit,
+    "jpeg": JpegCompressibility.from_argument,
+    "brightness": Brightness.from_argument,
+}
+
+_TERM = re.compile(r"\s*(?P<sign>[+-])?\s*(?:(?P<weight>\d*\.?\d+(?:[eE][-+]?\d+)?)\s*\*\s*)?"
+                   r"(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::(?P<arg>[A-Za-z0-9_.,/=]*))?\s*")
+
+
+def parse_reward(spec: str) -> Reward:
+    """Build a reward (or a weighted sum of rewards) from a spec string."""
+    if not spec or not spec.strip():
+        raise NoiseAlignError("empty --reward; give a reward name such as digit:3 or jpeg")
+    terms: list[tuple[float, Reward]] = []
+    position = 0
+    while position < len(spec):
+        match = _TERM.match(spec, position)
+        if match is None or match.end() == position or (terms and match["sign"] is None):
+            raise NoiseAlignError(f"malformed reward spec {spec!r} at {spec[position:]!r}; "
+                                  "write terms as [weight*]name[:argument] joined by + or -")
+        name = match["name"]
+        if name not in REWARDS:
+            raise NoiseAlignError(f"unknown reward {name!r}; choose from {', '.join(sorted(REWARDS))}")
+        weight = float(match["weight"] or 1.0) * (-1.0 if match["sign"] == "-" else 1.0)
+        terms.append((weight, REWARDS[name](match["arg"])))
+        position = match.end()
+    if len(terms) == 1 and terms[0][0] == 1.0:
+        return terms[0][1]
+    return WeightedSum(terms, spec.strip())

@@ -1,0 +1,58 @@
+"""Rewards that need no model: JPEG compressibility (DDPO) and brightness."""
+
+from __future__ import annotations
+
+import io
+from typing import Sequence
+
+import torch
+from PIL import Image
+from torch import Tensor
+
+from ..errors import NoiseAlignError
+
+
+def _no_argument(name: str, argument: str | None) -> None:
+    if argument:
+        raise NoiseAlignError(f"reward {name!r} takes no argument, got {name}:{argument}; write just {name}")
+
+
+class JpegCompressibility:
+    """Minus the JPEG size in kB at quality 95 (DDPO's compressibility reward). Not differentiable."""
+
+    name = "jpeg"
+    differentiable = False
+
+    def __init__(self, quality: int = 95):
+        self.quality = quality
+
+    @classmethod
+    def from_argument(cls, argument: str | None) -> "JpegCompressibility":
+        _no_argument("jpeg", argument)
+        return cls()
+
+    def __call__(self, outputs: Tensor, prompts: Sequence[str]) -> Tensor:
+        sizes = [self._size_kb(image) for image in outputs.detach().float().cpu()]
+        return -torch.tensor(sizes, dtype=torch.float32, device=outputs.device)
+
+    def _size_kb(self, image: Tensor) -> float:
+        pixels = (image.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+        pil = Image.fromarray(pixels[..., 0] if pixels.shape[2] == 1 else pixels)
+        buffer = io.BytesIO()
+        pil.save(buffer, format="JPEG", quality=self.quality)
+        return buffer.tell() / 1000.0
+
+
+class Brightness:
+    """Mean pixel value in [0, 1]. Differentiable; a simple smooth target for tests and demos."""
+
+    name = "brightness"
+    differentiable = True
+
+    @classmethod
+    def from_argument(cls, argument: str | None) -> "Brightness":
+        _no_argument("brightness", argument)
+        return cls()
+
+    def __call__(self, outputs: Tensor, prompts: Sequence[str]) -> Tensor:
+        return outputs.float().flatten(1).mean(dim=1)
