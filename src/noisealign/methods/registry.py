@@ -25,19 +25,20 @@ class MethodEntry:
 
 def _add_sampler_arguments(group: argparse._ArgumentGroup) -> None:
     group.add_argument("--steps", type=int, default=None,
-                       help="plain / best-of-n: sampler grid points (default: the model's)")
+                       help="sampler grid points, for every method (default: the method's, else the model's)")
     group.add_argument("--solver", choices=["euler", "heun"], default=None,
                        help="plain / best-of-n: ODE solver (euler = DDIM; default: the model's)")
-    group.add_argument("--eta", type=float, default=0.0,
-                       help="plain / best-of-n: 0 samples the PF-ODE, 1 is DDPM (DDIM-eta); DNO has its own default")
+    group.add_argument("--eta", type=float, default=None,
+                       help="DDIM-eta noise level: 0 samples the PF-ODE, 1 is DDPM "
+                            "(default: 0 for plain / best-of-n, 1 for dno)")
 
 
 def _plain_config(args: argparse.Namespace) -> PlainConfig:
-    return PlainConfig(steps=args.steps, solver=args.solver, eta=args.eta)
+    return PlainConfig(steps=args.steps, solver=args.solver, eta=args.eta or 0.0)
 
 
 def _no_arguments(group: argparse._ArgumentGroup) -> None:
-    """Plain and best-of-n share the sampler flags, declared once by plain."""
+    """The shared sampler flags (--steps, --solver, --eta) are declared once, by plain."""
 
 
 METHODS: dict[str, MethodEntry] = {
