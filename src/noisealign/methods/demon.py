@@ -234,7 +234,11 @@ def _make_lookahead(context: RunContext, config: DemonConfig) -> DenoiserFn:
         raise NoiseAlignError(f"model {model.name!r} offers no consistency (few-step) estimate; "
                               "use --lookahead ode or --lookahead tweedie")
     cond = model.encode_prompt(context.problem.prompt)
-    return CountedDenoiser(lambda x, sigma: estimate(x, sigma, cond), context.ledger)
+
+    def consistency(x: Tensor, sigma: float) -> Tensor:
+        return estimate(x, torch.as_tensor(sigma, dtype=x.dtype, device=x.device), cond)
+
+    return CountedDenoiser(consistency, context.ledger)
 
 
 def _ode_lookahead(denoiser: DenoiserFn, sigma_min: float, sigma_max: float, steps: int,
