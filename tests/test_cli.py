@@ -100,3 +100,26 @@ def test_non_finite_reward_stops_with_one_line_and_keeps_what_was_computed(tmp_p
     assert "non-finite" in result["error"] and "baseline_reward" in result
     assert len(list(csv.DictReader(open(out / "trace.csv")))) == 1   # the first batch's row survived
     assert (out / "baseline.json").exists()
+
+
+def test_regenerate_rebuilds_the_saved_sample(tmp_path, capsys):
+    code, out = _run(tmp_path, "--model", "gmm", "--method", "best-of-n", "--budget", "70", "--seed", "5")
+    assert code == 0 and (out / "noise.pt").exists()
+    assert cli.main(["regenerate", str(out)]) == 0
+    assert "identical" in capsys.readouterr().out
+    assert (out / "regenerated.json").read_bytes() == (out / "image.json").read_bytes()
+
+
+def test_regenerate_without_a_run_folder_is_one_line(tmp_path, capsys):
+    assert cli.main(["regenerate", str(tmp_path)]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def test_config_round_trips_through_json():
+    from noisealign.configs import config_from_dict
+    from noisealign.methods.best_of_n import BestOfNConfig
+    from noisealign.methods.plain import PlainConfig
+    from dataclasses import asdict
+
+    config = BestOfNConfig(n=7, batch_size=3, sampler=PlainConfig(steps=5, solver="euler", eta=0.5))
+    assert config_from_dict(BestOfNConfig, json.loads(json.dumps(asdict(config)))) == config

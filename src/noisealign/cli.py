@@ -54,13 +54,19 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--quiet", action="store_true", help="no progress bar")
     for name, entry in METHODS.items():
         entry.add_arguments(generate.add_argument_group(f"{name} options"))
+
+    regenerate = commands.add_parser(
+        "regenerate", help="rebuild a run's aligned sample from its saved noise.pt and config",
+        description="Rebuild RUN_DIR's aligned sample from noise.pt and result.json, write "
+                    "RUN_DIR/regenerated.png (or .json) and say whether it equals the saved one bit for bit.")
+    regenerate.add_argument("run_dir", help="a run folder written by `noisealign generate`")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return _generate(args)
+        return _generate(args) if args.command == "generate" else _regenerate(Path(args.run_dir))
     except NoiseAlignError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -131,6 +137,39 @@ def _generate(args: argparse.Namespace) -> int:
           f"{result['seconds']:.1f} s)")
     print(f"run folder: {out}")
     return 0
+
+
+def _regenerate(run_dir: Path) -> int:
+    import json
+
+    import torch
+
+    from .budget import Ledger
+    from .methods.base import Problem, RunContext
+    from .methods.registry import METHODS
+    from .models.registry import load_model
+    from .rewards.registry import parse_reward
+    from .runs import save_output
+
+    result_path, noise_path = run_dir / "result.json", run_dir / "noise.pt"
+    if not result_path.exists() or not noise_path.exists():
+        raise NoiseAlignError(f"{run_dir} has no result.json and noise.pt; pass a folder written by "
+                              "`noisealign generate` with a method that saves its noise")
+    result = json.loads(result_path.read_text())
+    config = result["config"]
+    method = METHODS[result["method"]].from_config(config["method"])
+    if not hasattr(method, "regenerate"):
+        raise NoiseAlignError(f"method {result['method']!r} cannot regenerate its samples")
+    model = load_model(result["model"], device=config["device"], dtype=config["dtype"])
+    problem = Problem(model, parse_reward(result["reward"]), result["prompt"], config["negative_prompt"],
+                      config["guidance"])
+    noises = torch.load(noise_path, weights_only=True)
+    regenerated = method.regenerate(RunContext(problem, result["seed"], Ledger()), noises)
+    path = save_output(regenerated.output, run_dir / "regenerated")
+    saved = run_dir / f"image{path.suffix}"
+    same = saved.read_bytes() == path.read_bytes()
+    print(f"regenerated {path}: {'identical to' if same else 'DIFFERENT from'} {saved}")
+    return 0 if same else 1
 
 
 def _config(method, args: argparse.Namespace) -> dict:

@@ -1,15 +1,17 @@
 """Method names to their CLI flags and builders. Adding a method: one module, one line here.
 
-Each entry's `add_arguments(group)` declares the method's own flags; `build(args)` turns the
-parsed flags into a method whose `config` is a frozen dataclass (written to result.json).
+Each entry's `add_arguments(group)` declares the method's own flags and `config_from_args(args)`
+turns them into the method's frozen config dataclass; `method(config)` builds it. The config is
+written to result.json, and `from_config` rebuilds the method from it (for `regenerate`).
 """
 
 from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
+from ..configs import config_from_dict
 from .base import Method
 from .best_of_n import BestOfN, BestOfNConfig
 from .demon import DEMONS, LOOKAHEADS, Demon, DemonConfig
@@ -19,9 +21,17 @@ from .plain import Plain, PlainConfig
 @dataclass(frozen=True)
 class MethodEntry:
     summary: str
+    method: Callable[[Any], Method]
+    config_type: type
+    config_from_args: Callable[[argparse.Namespace], Any]
     add_arguments: Callable[[argparse._ArgumentGroup], None]
-    build: Callable[[argparse.Namespace], Method]
     needs_budget: bool
+
+    def build(self, args: argparse.Namespace) -> Method:
+        return self.method(self.config_from_args(args))
+
+    def from_config(self, config: dict[str, Any]) -> Method:
+        return self.method(config_from_dict(self.config_type, config))
 
 
 def _add_sampler_arguments(group: argparse._ArgumentGroup) -> None:
@@ -73,18 +83,17 @@ def _add_demon_arguments(group: argparse._ArgumentGroup) -> None:
                             "on SD's 14.6..0.002 grid, moved to the same Karras position of the model's range)")
 
 
-def _demon(args: argparse.Namespace) -> Demon:
+def _demon_config(args: argparse.Namespace) -> DemonConfig:
     steps = DemonConfig.grid_points if args.steps is None else args.steps
-    return Demon(DemonConfig(demon=args.demon, K=args.K, beta=args.beta, tau=args.tau, lookahead=args.lookahead,
-                             lookahead_steps=args.lookahead_steps, ode_after=args.ode_after, grid_points=steps))
+    return DemonConfig(demon=args.demon, K=args.K, beta=args.beta, tau=args.tau, lookahead=args.lookahead,
+                       lookahead_steps=args.lookahead_steps, ode_after=args.ode_after, grid_points=steps)
 
 
 METHODS: dict[str, MethodEntry] = {
-    "plain": MethodEntry("sample once, no alignment (0 reward queries)",
-                         _add_sampler_arguments, lambda a: Plain(_plain_config(a)), needs_budget=False),
-    "best-of-n": MethodEntry("N = budget plain samples, keep the best (N queries)",
-                             _no_arguments,
-                             lambda a: BestOfN(BestOfNConfig(sampler=_plain_config(a))), needs_budget=True),
+    "plain": MethodEntry("sample once, no alignment (0 reward queries)", Plain, PlainConfig,
+                         _plain_config, _add_sampler_arguments, needs_budget=False),
+    "best-of-n": MethodEntry("N = budget plain samples, keep the best (N queries)", BestOfN, BestOfNConfig,
+                             lambda a: BestOfNConfig(sampler=_plain_config(a)), _no_arguments, needs_budget=True),
     "demon": MethodEntry("sampling demons: K scored candidate noises per SDE step, floor(budget / K) steps",
-                         _add_demon_arguments, _demon, needs_budget=True),
+                         Demon, DemonConfig, _demon_config, _add_demon_arguments, needs_budget=True),
 }
