@@ -268,6 +268,7 @@ def test_cli_entry_builds_the_config_from_flags():
     config = METHODS["demon"].build(args).config
     assert config == DemonConfig(demon="boltzmann", K=8, beta=0.05, tau=0.5, lookahead="tweedie",
                                  lookahead_steps=9, ode_after=0.2, grid_points=64)
+    assert METHODS["demon"].from_config(json.loads(json.dumps(asdict(config)))).config == config
     assert METHODS["demon"].build(parser.parse_args(["--steps", "30"])).config.grid_points == 30
     assert METHODS["demon"].build(parser.parse_args([])).config.tau == "adaptive"
     with pytest.raises(SystemExit):
