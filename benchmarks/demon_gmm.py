@@ -5,7 +5,7 @@ log_density) of plain PF-ODE samples, of Best-of-N and of Demon at the same budg
 same seeds, next to the range (min .. max) of the plain samples' log-densities. Writes
 benchmarks/results/demon_gmm.csv.
 
-    PYTHONPATH=src python benchmarks/demon_gmm.py [--seeds 64] [--budget 256]
+    PYTHONPATH=src python benchmarks/demon_gmm.py [--seeds 64] [--budgets 64 256]
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ class SquaredDistance:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=64)
-    parser.add_argument("--budget", type=int, default=256)
+    parser.add_argument("--budgets", type=int, nargs="+", default=[64, 256])
     args = parser.parse_args()
     torch.set_num_threads(1)
     model = GaussianMixture.default()
@@ -54,10 +54,11 @@ def main() -> None:
         low, high = float(model.log_density(plain).min()), float(model.log_density(plain).max())
         methods = {"best-of-n": BestOfN(), "demon-tanh": Demon(DemonConfig(demon="tanh")),
                    "demon-boltzmann": Demon(DemonConfig(demon="boltzmann"))}
-        for name, method in methods.items():
-            samples = torch.cat([align(problem, method, seed, args.budget).result.sample for seed in range(args.seeds)])
-            rows.append(summary(model, reward, name, args.budget, samples))
-        for row in rows[-4:]:
+        for budget in args.budgets:
+            for name, method in methods.items():
+                samples = torch.cat([align(problem, method, seed, budget).result.sample for seed in range(args.seeds)])
+                rows.append(summary(model, reward, name, budget, samples))
+        for row in rows[-1 - 3 * len(args.budgets):]:
             row.update(plain_logp_min=low, plain_logp_max=high)
             print(f"{row['reward']:>17} {row['method']:>15} B={row['budget']:<4} reward {row['reward_mean']:8.3f}"
                   f"  mean log p {row['logp_mean']:7.3f}  (plain samples' log p: {low:.2f} .. {high:.2f})")

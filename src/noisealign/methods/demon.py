@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from ..budget import CountedDenoiser
-from ..engine import beta_sde_step, karras_sigmas, ode_lookahead, sample_ode
+from ..engine import beta_sde_step, karras_sigmas, ode_lookahead, sample_beta_sde, sample_ode
 from ..engine.samplers import DenoiserFn
 from ..engine.schedules import karras_position
 from ..errors import NoiseAlignError
@@ -278,3 +278,15 @@ class Demon:
                 "last_step_reward_mean": None if last_rewards is None else float(last_rewards.mean()),
                 "last_step_reward_max": None if last_rewards is None else float(last_rewards.max())}
         return MethodResult(sample=sample, output=output, reward=None, noises=session.noises(), info=info)
+
+    def regenerate(self, context: RunContext, noises: dict[str, Tensor]) -> MethodResult:
+        """The sample again from its noises: the beta-SDE with the chosen z*, then the ODE. No queries."""
+        model, beta = context.model, self.config.beta
+        sigmas = karras_sigmas(self.config.grid_points, model.sigma_min, model.sigma_max)
+        z_T, z_star = noises["z_T"].to(context.device), noises["z_star"].to(context.device)
+        steps = len(z_star)
+        with torch.inference_mode():
+            x = model.prior_std(float(sigmas[0])) * z_T
+            x = sample_beta_sde(context.denoiser, x, sigmas[:steps + 1], list(z_star), beta)
+            sample = sample_ode(context.denoiser, x, sigmas[steps:], solver="heun")
+            return MethodResult(sample=sample, output=model.decode(sample))
