@@ -15,6 +15,7 @@ from typing import Callable
 from ..errors import NoiseAlignError
 from .base import Reward, WeightedSum
 from .simple import Brightness, JpegCompressibility
+from .vlm import vlm_reward
 
 RewardFactory = Callable[[str | None], Reward]
 
@@ -29,6 +30,7 @@ REWARDS: dict[str, RewardFactory] = {
     "digit": _digit,
     "jpeg": JpegCompressibility.from_argument,
     "brightness": Brightness.from_argument,
+    "vlm": vlm_reward,
 }
 
 _TERM = re.compile(r"\s*(?P<sign>[+-])?\s*(?:(?P<weight>\d*\.?\d+(?:[eE][-+]?\d+)?)\s*\*\s*)?"
