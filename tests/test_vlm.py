@@ -27,6 +27,7 @@ from PIL import Image
 from noisealign.errors import NoiseAlignError
 from noisealign.rewards.registry import parse_reward
 from noisealign.rewards.vlm import VlmJudge, VlmJudgeConfig, vlm_options_from_args
+from noisealign.rewards.vlm_log import JsonlLog
 from noisealign.rewards.vlm_protocol import (EXAMPLES, SCENARIOS, InvalidReply, encode_images,
                                              parse_answer)
 
@@ -55,12 +56,13 @@ class Seen:
     body: dict
 
     def images(self) -> list[np.ndarray]:
-        parts = [part for part in self.body["messages"][1]["content"] if part["type"] == "image_url"]
-        return [np.asarray(Image.open(io.BytesIO(base64.b64decode(part["image_url"]["url"].split(",", 1)[1]))))
-                for part in parts]
+        urls = [part["image_url"]["url"] for part in self.body["messages"][1]["content"]
+                if part["type"] == "image_url"]
+        return [np.asarray(Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1])))) for url in urls]
 
     def text(self) -> str:
-        return " ".join(part["text"] for part in self.body["messages"][1]["content"] if part["type"] == "text")
+        parts = self.body["messages"][1]["content"]
+        return " ".join(part["text"] for part in parts if part["type"] == "text")
 
 
 def brightness_judge(seen: Seen) -> Reply:
@@ -206,8 +208,8 @@ def test_pick_runs_a_tournament_when_the_batch_exceeds_max_images(fake, tmp_path
     assert int(rewards.argmax()) == int(np.argmax(sent_means(outputs)))
     assert sorted(rewards.tolist()) == [-1.0] * 6 + [1.0]
     assert sorted(len(seen.images()) for seen in fake.seen) == [2, 2, 3, 3]  # groups 3, 2, 2; then 3 winners
-    final = fake.seen[-1].images()
-    assert sorted(image.mean() for image in final)[-1] == max(image.mean() for s in fake.seen for image in s.images())
+    brightest = max(image.mean() for seen in fake.seen for image in seen.images())
+    assert max(image.mean() for image in fake.seen[-1].images()) == brightest  # the final has the best
 
 
 def test_rank_splits_into_groups_ranked_on_their_own(fake, tmp_path):
@@ -332,6 +334,13 @@ def test_401_fails_at_once_without_leaking_the_key(fake, tmp_path):
     assert KEY not in message
 
 
+def test_a_fatal_error_stops_the_rest_of_the_batch(fake, tmp_path):
+    fake.script.append(Reply(status=404, body={"error": "model not found"}))
+    with pytest.raises(NoiseAlignError, match="HTTP 404.*base URL"):
+        make_judge(fake, tmp_path, mode="score", max_concurrency=1)(candidates(), [""] * 5)
+    assert len(fake.seen) == 1
+
+
 def test_an_unreachable_endpoint_fails_with_a_clear_line(tmp_path):
     dead = FakeVlm()
     dead.stop()
@@ -361,6 +370,13 @@ def test_the_key_is_never_written_to_the_run_directory(fake, tmp_path):
         if path.is_file():
             assert KEY.encode() not in path.read_bytes(), path
     assert KEY not in json.dumps(asdict(judge.config))
+
+
+def test_the_log_scrubs_the_key_from_whatever_it_is_given(tmp_path):
+    log = JsonlLog(tmp_path / "vlm_log.jsonl", KEY)
+    log.write({"reply": f"echo {KEY}", "nested": {"quoted": json.dumps(KEY)}})
+    text = (tmp_path / "vlm_log.jsonl").read_text()
+    assert KEY not in text and json.loads(text)["reply"] == "echo ***"
 
 
 def test_log_records_hashes_not_images_and_timing(fake, tmp_path):
@@ -415,7 +431,8 @@ def test_concurrent_requests_stay_within_max_concurrency(tmp_path):
 
 
 def test_requests_per_minute_spaces_the_requests(fake, tmp_path):
-    make_judge(fake, tmp_path, mode="score", max_concurrency=4, requests_per_minute=400)(candidates()[:4], [""] * 4)
+    judge = make_judge(fake, tmp_path, mode="score", max_concurrency=4, requests_per_minute=400)
+    judge(candidates()[:4], [""] * 4)
     starts = sorted(seen.at for seen in fake.seen)
     assert min(np.diff(starts)) >= 0.15 - 0.01
 
@@ -423,7 +440,8 @@ def test_requests_per_minute_spaces_the_requests(fake, tmp_path):
 # --- configuration ----------------------------------------------------------------------------
 
 def test_config_from_environment_and_overrides():
-    env = {"OPENAI_BASE_URL": "http://a:1/v1", "NOISEALIGN_VLM_MODEL": "llava", "NOISEALIGN_VLM_SCENARIO": "artist"}
+    env = {"OPENAI_BASE_URL": "http://a:1/v1", "NOISEALIGN_VLM_MODEL": "llava",
+           "NOISEALIGN_VLM_SCENARIO": "artist"}
     config = VlmJudgeConfig.from_env(env, timeout_s=5.0, mode=None)
     assert (config.base_url, config.model, config.scenario, config.timeout_s, config.mode) == \
         ("http://a:1/v1", "llava", "artist", 5.0, "pick")

@@ -110,7 +110,7 @@ class VlmJudgeConfig:
         problems = [
             (self.mode not in MODES, f"mode {self.mode!r}: choose from {', '.join(MODES)}"),
             (not self.base_url.startswith(("http://", "https://")),
-             f"base_url {self.base_url!r}: give an http:// or https:// URL such as http://127.0.0.1:11434/v1"),
+             f"base_url {self.base_url!r}: give an http(s) URL such as http://127.0.0.1:11434/v1"),
             (self.timeout_s <= 0, f"timeout_s {self.timeout_s}: must be > 0"),
             (self.max_retries < 0, f"max_retries {self.max_retries}: must be >= 0"),
             (self.backoff_s < 0, f"backoff_s {self.backoff_s}: must be >= 0"),
@@ -119,7 +119,8 @@ class VlmJudgeConfig:
             (self.max_images_per_request < 2,
              f"max_images_per_request {self.max_images_per_request}: must be >= 2"),
             (not 1 <= self.min_image_size <= self.image_size,
-             f"min_image_size {self.min_image_size}, image_size {self.image_size}: need 1 <= min <= image_size"),
+             f"min_image_size {self.min_image_size}, image_size {self.image_size}: "
+             "need 1 <= min_image_size <= image_size"),
         ]
         for bad, message in problems:
             if bad:
@@ -191,8 +192,7 @@ class VlmJudge:
         if not images:
             values: list[float] = []
         elif self.config.mode == "score":
-            values = self._map(lambda i: rewards_of("score", self._ask("score", prompts[i], [images[i]], abort), 1)[0],
-                               range(len(images)), abort)
+            values = self._map(lambda i: self._score(images[i], prompts[i], abort), range(len(images)), abort)
         elif len(set(prompts)) > 1:
             raise NoiseAlignError(f"vlm:{self.config.mode} compares candidates of one prompt, but the batch "
                                   "mixes prompts; score each prompt's batch separately or use vlm:score")
@@ -201,6 +201,9 @@ class VlmJudge:
         else:
             values = self._rank(images, prompts[0], abort)
         return torch.tensor(values, dtype=torch.float32, device=outputs.device)
+
+    def _score(self, image: EncodedImage, prompt: str, abort: threading.Event) -> float:
+        return rewards_of("score", self._ask("score", prompt, [image], abort), 1)[0]
 
     def _pick(self, images: list[EncodedImage], prompt: str, abort: threading.Event) -> list[float]:
         """Knock-out tournament over groups of at most max_images_per_request; a lone image
@@ -225,25 +228,33 @@ class VlmJudge:
         return values
 
     def _map(self, function: Callable[[T], U], items: Sequence[T], abort: threading.Event) -> list[U]:
-        """function over items, at most max_concurrency at a time, results in order."""
+        """function over items, at most max_concurrency at a time, results in order. The first
+        failure sets `abort` (before its thread takes the next item) and cancels what waits."""
+        def guarded(item: T) -> U:
+            try:
+                return function(item)
+            except BaseException:
+                abort.set()
+                raise
+
         items = list(items)
         if len(items) == 1:
             return [function(items[0])]
         with ThreadPoolExecutor(max_workers=min(self.config.max_concurrency, len(items))) as pool:
-            futures = [pool.submit(function, item) for item in items]
+            futures = [pool.submit(guarded, item) for item in items]
             try:
                 return [future.result() for future in futures]
             except BaseException:
-                abort.set()
                 for future in futures:
                     future.cancel()
                 raise
 
     def _ask(self, mode: str, prompt: str, images: list[EncodedImage], abort: threading.Event) -> Any:
         """One judge request, answered from the replay log or the endpoint (with retries)."""
-        record = {"request_id": uuid.uuid4().hex[:12], "key": request_key(mode, self._scenario, prompt, images),
-                  "mode": mode, "model": self.config.model, "endpoint": self._endpoint.url,
-                  "prompt": prompt, "scenario": self._scenario, "images": [image.sha256 for image in images]}
+        record = {"request_id": uuid.uuid4().hex[:12],
+                  "key": request_key(mode, self._scenario, prompt, images), "mode": mode,
+                  "model": self.config.model, "endpoint": self._endpoint.url, "prompt": prompt,
+                  "scenario": self._scenario, "images": [image.sha256 for image in images]}
         if self._replay is not None:
             return self._replayed(record, len(images))
         messages = build_messages(mode, self._scenario, prompt, images, lambda image: image.data_url)
@@ -254,8 +265,8 @@ class VlmJudge:
             if abort.is_set():
                 raise NoiseAlignError("VLM request abandoned because another request of the batch failed")
             self._limiter.wait()
-            entry = dict(record, attempt=attempt, time=datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
-                         headers=self._endpoint.public_headers(), request=self._body(logged))
+            entry = dict(record, attempt=attempt, time=_now(), headers=self._endpoint.public_headers(),
+                         request=self._body(logged))
             started = time.perf_counter()
             try:
                 response = self._endpoint.post(self._body(messages))
@@ -294,8 +305,7 @@ class VlmJudge:
         except InvalidReply as error:
             raise NoiseAlignError(f"replayed VLM reply does not fit its request ({error}); "
                                   "replay an unedited vlm_log.jsonl") from None
-        entry = dict(record, attempt=1, time=datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
-                     reply=reply, answer=answer)
+        entry = dict(record, attempt=1, time=_now(), reply=reply, answer=answer)
         self._write(entry, time.perf_counter(), "replayed")
         return answer
 
@@ -319,13 +329,18 @@ class VlmJudge:
             sent = "the key in" if self._key else "no key; set"
             return f"{where}; the request carried {sent} {self.config.api_key_env}: set it to a valid key"
         if error.status == 404:
-            return f"{where}; check the base URL (most servers want it to end in /v1) and the model {self.config.model!r}"
+            return (f"{where}; check the base URL (most servers want it to end in /v1) "
+                    f"and the model {self.config.model!r}")
         return f"{where}; check the model {self.config.model!r} (it must accept images) and the options"
 
     def _write(self, entry: dict[str, Any], started: float, outcome: str) -> None:
         if self._log is not None:
             entry.update(outcome=outcome, seconds=round(time.perf_counter() - started, 4))
             self._log.write(entry)
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
 def _split(items: list[int], size: int) -> list[list[int]]:
@@ -352,7 +367,8 @@ def vlm_reward(argument: str | None = None, *, replay_from: str | Path | None = 
     """The `vlm[:pick|rank|score]` reward: config from the environment and `overrides`."""
     if argument:
         if argument not in MODES:
-            raise NoiseAlignError(f"unknown vlm mode {argument!r}; write vlm, vlm:pick, vlm:rank or vlm:score")
+            raise NoiseAlignError(f"unknown vlm mode {argument!r}; "
+                                  "write vlm, vlm:pick, vlm:rank or vlm:score")
         if overrides.get("mode") not in (None, argument):
             raise NoiseAlignError(f"vlm:{argument} contradicts the VLM mode option {overrides['mode']!r}; "
                                   "give the mode once")
