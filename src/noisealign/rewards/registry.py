@@ -15,6 +15,7 @@ from typing import Callable
 from ..errors import NoiseAlignError
 from .base import Reward, WeightedSum
 from .simple import Brightness, Coordinate, JpegCompressibility
+from .vlm import vlm_reward
 
 RewardFactory = Callable[[str | None], Reward]
 
@@ -30,6 +31,7 @@ REWARDS: dict[str, RewardFactory] = {
     "jpeg": JpegCompressibility.from_argument,
     "brightness": Brightness.from_argument,
     "coordinate": Coordinate.from_argument,
+    "vlm": vlm_reward,
 }
 
 _TERM = re.compile(r"\s*(?P<sign>[+-])?\s*(?:(?P<weight>\d*\.?\d+(?:[eE][-+]?\d+)?)\s*\*\s*)?"
