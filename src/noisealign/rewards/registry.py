@@ -38,8 +38,12 @@ _TERM = re.compile(r"\s*(?P<sign>[+-])?\s*(?:(?P<weight>\d*\.?\d+(?:[eE][-+]?\d+
                    r"(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::(?P<arg>[A-Za-z0-9_.,/=]*))?\s*")
 
 
-def parse_reward(spec: str) -> Reward:
-    """Build a reward (or a weighted sum of rewards) from a spec string."""
+def parse_reward(spec: str, registry: dict[str, RewardFactory] | None = None) -> Reward:
+    """Build a reward (or a weighted sum of rewards) from a spec string.
+
+    `registry` replaces REWARDS, e.g. to bind command-line options to a factory.
+    """
+    registry = REWARDS if registry is None else registry
     if not spec or not spec.strip():
         raise NoiseAlignError("empty --reward; give a reward name such as digit:3 or jpeg")
     terms: list[tuple[float, Reward]] = []
@@ -50,11 +54,16 @@ def parse_reward(spec: str) -> Reward:
             raise NoiseAlignError(f"malformed reward spec {spec!r} at {spec[position:]!r}; "
                                   "write terms as [weight*]name[:argument] joined by + or -")
         name = match["name"]
-        if name not in REWARDS:
-            raise NoiseAlignError(f"unknown reward {name!r}; choose from {', '.join(sorted(REWARDS))}")
+        if name not in registry:
+            raise NoiseAlignError(f"unknown reward {name!r}; choose from {', '.join(sorted(registry))}")
         weight = float(match["weight"] or 1.0) * (-1.0 if match["sign"] == "-" else 1.0)
-        terms.append((weight, REWARDS[name](match["arg"])))
+        terms.append((weight, registry[name](match["arg"])))
         position = match.end()
     if len(terms) == 1 and terms[0][0] == 1.0:
         return terms[0][1]
     return WeightedSum(terms, spec.strip())
+
+
+def reward_terms(reward: Reward) -> list[Reward]:
+    """The reward itself and, for a weighted sum, each of its terms."""
+    return [reward, *[term for _, term in getattr(reward, "terms", [])]]

@@ -34,17 +34,16 @@ from ..errors import NoiseAlignError
 MODES = ("pick", "rank", "score")
 
 # The four roles of the Demon paper's VLM experiment (Yeh et al., ICLR 2025, Table 5),
-# quoted from the paper so that its protocol can be reproduced.
+# paraphrased: the judge plays a person with a concrete use for the image.
 SCENARIOS = {
-    "teacher": "You are a teacher looking to create custom illustrations for your educational "
-               "materials to make learning more engaging for your students.",
-    "artist": "You are a game or movie concept artist tasked with creating concept art for "
-              "characters, settings, and scenes to speed up the pre-production process.",
-    "researcher": "You are a researcher needing to visualize complex data, such as molecular "
-                  "structures in chemistry or weather patterns in meteorology, for better "
-                  "understanding or presentation.",
-    "journalist": "You are a journalist who wants to add a visual teaser for your article to grab "
-                  "attention on social media or your news website.",
+    "teacher": "You are a teacher who wants illustrations for lesson materials that make the "
+               "subject more engaging for pupils.",
+    "artist": "You are a concept artist for films or games who needs early concept art of "
+              "characters, places and scenes to move pre-production along.",
+    "researcher": "You are a scientist who wants to picture complex data or phenomena, such as "
+                  "molecules or weather systems, to understand and present them better.",
+    "journalist": "You are a journalist looking for an eye-catching teaser image for an article, "
+                  "to draw readers on a news site or on social media.",
 }
 NEUTRAL_SCENARIO = ("You are an expert judge of generated images: you value images that are "
                     "clear, well made and faithful to the text prompt.")
