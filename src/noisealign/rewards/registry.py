@@ -14,6 +14,11 @@ from typing import Callable
 
 from ..errors import NoiseAlignError
 from .base import Reward, WeightedSum
+from .aesthetic import Aesthetic
+from .clipscore import clipscore
+from .hpsv2 import hpsv2
+from .imagereward import ImageReward
+from .pickscore import pickscore
 from .simple import Brightness, JpegCompressibility
 
 RewardFactory = Callable[[str | None], Reward]
@@ -29,6 +34,11 @@ REWARDS: dict[str, RewardFactory] = {
     "digit": _digit,
     "jpeg": JpegCompressibility.from_argument,
     "brightness": Brightness.from_argument,
+    "aesthetic": Aesthetic.from_argument,
+    "pickscore": pickscore,
+    "hpsv2": hpsv2,
+    "imagereward": ImageReward.from_argument,
+    "clipscore": clipscore,
 }
 
 _TERM = re.compile(r"\s*(?P<sign>[+-])?\s*(?:(?P<weight>\d*\.?\d+(?:[eE][-+]?\d+)?)\s*\*\s*)?"
