@@ -3,6 +3,9 @@
     spec  := term (('+' | '-') term)*
     term  := [number '*'] name [':' argument]
 
+An argument is letters, digits and `_ . , / =`, or any text in single or double quotes
+(a path with dashes: `aesthetic:'/models/models--org--head/head.pth'`).
+
 `digit:3+0.5*brightness`, `aesthetic-0.1*jpeg`. Each factory takes the argument string
 (or None) and returns a Reward.
 """
@@ -14,6 +17,11 @@ from typing import Callable
 
 from ..errors import NoiseAlignError
 from .base import Reward, WeightedSum
+from .aesthetic import Aesthetic
+from .clipscore import clipscore
+from .hpsv2 import hpsv2
+from .imagereward import ImageReward
+from .pickscore import pickscore
 from .simple import Brightness, Coordinate, JpegCompressibility
 from .vlm import vlm_reward
 
@@ -32,10 +40,15 @@ REWARDS: dict[str, RewardFactory] = {
     "brightness": Brightness.from_argument,
     "coordinate": Coordinate.from_argument,
     "vlm": vlm_reward,
+    "aesthetic": Aesthetic.from_argument,
+    "pickscore": pickscore,
+    "hpsv2": hpsv2,
+    "imagereward": ImageReward.from_argument,
+    "clipscore": clipscore,
 }
 
 _TERM = re.compile(r"\s*(?P<sign>[+-])?\s*(?:(?P<weight>\d*\.?\d+(?:[eE][-+]?\d+)?)\s*\*\s*)?"
-                   r"(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::(?P<arg>[A-Za-z0-9_.,/=]*))?\s*")
+                   r"(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::(?P<arg>'[^']*'|\"[^\"]*\"|[A-Za-z0-9_.,/=]*))?\s*")
 
 
 def parse_reward(spec: str, registry: dict[str, RewardFactory] | None = None) -> Reward:
@@ -57,7 +70,10 @@ def parse_reward(spec: str, registry: dict[str, RewardFactory] | None = None) ->
         if name not in registry:
             raise NoiseAlignError(f"unknown reward {name!r}; choose from {', '.join(sorted(registry))}")
         weight = float(match["weight"] or 1.0) * (-1.0 if match["sign"] == "-" else 1.0)
-        terms.append((weight, registry[name](match["arg"])))
+        argument = match["arg"]
+        if argument and argument[0] in "'\"":
+            argument = argument[1:-1]
+        terms.append((weight, registry[name](argument)))
         position = match.end()
     if len(terms) == 1 and terms[0][0] == 1.0:
         return terms[0][1]
