@@ -53,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--device", default="cpu", help="torch device of the model, e.g. cuda")
     generate.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"], help="model precision")
     generate.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_vlm_arguments(generate.add_argument_group("vlm reward options (see docs/vlm.md)"))
     for name, entry in METHODS.items():
         entry.add_arguments(generate.add_argument_group(f"{name} options"))
 
@@ -68,6 +69,28 @@ def build_parser() -> argparse.ArgumentParser:
                     "images you prefer (chosen +1, others -1), undo, finish, download the run folder.")
     add_ui_arguments(ui)
     return parser
+
+
+def _add_vlm_arguments(group: argparse._ArgumentGroup) -> None:
+    group.add_argument("--vlm-base-url", help="OpenAI-compatible API root (env NOISEALIGN_VLM_BASE_URL)")
+    group.add_argument("--vlm-model", help="the judge's model name (env NOISEALIGN_VLM_MODEL)")
+    group.add_argument("--vlm-api-key-env", help="the environment variable holding the API key (never a flag)")
+    group.add_argument("--vlm-scenario", help="teacher, artist, researcher, journalist, or free text")
+    group.add_argument("--vlm-timeout-s", type=float, help="seconds per attempt (default 60)")
+    group.add_argument("--vlm-max-retries", type=int, help="attempts after the first (default 4)")
+    group.add_argument("--vlm-max-concurrency", type=int, help="requests in flight at once (default 4)")
+    group.add_argument("--vlm-requests-per-minute", type=float, help="rate limit, 0 for none (default)")
+    group.add_argument("--vlm-replay", help="answer from a run's vlm_log.jsonl instead of the endpoint")
+
+
+def _reward_registry(args: argparse.Namespace) -> dict:
+    """The reward registry with the vlm factory bound to the --vlm-* flags."""
+    from functools import partial
+
+    from .rewards.registry import REWARDS
+    from .rewards.vlm import vlm_options_from_args, vlm_reward
+
+    return {**REWARDS, "vlm": partial(vlm_reward, replay_from=args.vlm_replay, **vlm_options_from_args(args))}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -88,7 +111,7 @@ def _generate(args: argparse.Namespace) -> int:
     from .methods.base import Problem
     from .methods.registry import METHODS
     from .models.registry import load_model
-    from .rewards.registry import parse_reward
+    from .rewards.registry import parse_reward, reward_terms
     from .runs import Trace, create_run_dir, save_comparison_grid, save_noises, save_output, write_json
 
     entry = METHODS[args.method]
@@ -98,14 +121,18 @@ def _generate(args: argparse.Namespace) -> int:
         raise NoiseAlignError(f"--budget must be a positive number of reward queries for {args.method}, "
                               f"got {args.budget}")
     method = entry.build(args)
-    reward = parse_reward(args.reward) if args.reward else None  # a bad spec fails before any loading
+    registry = _reward_registry(args)
+    reward = parse_reward(args.reward, registry) if args.reward else None  # a bad spec fails before loading
     model = load_model(args.model, device=args.device, dtype=args.dtype)
     reward_spec = args.reward or DEFAULT_REWARDS.get(args.model)
     if reward_spec is None:
         raise NoiseAlignError(f"no default reward for model {args.model!r}; pass --reward, e.g. --reward aesthetic")
-    reward = reward or parse_reward(reward_spec)
+    reward = reward or parse_reward(reward_spec, registry)
     problem = Problem(model, reward, args.prompt, args.negative_prompt, args.guidance)
     out = create_run_dir(args.out, args.method, args.seed)
+    for term in reward_terms(reward):
+        if hasattr(term, "attach_run_dir"):   # e.g. the VLM judge logs every request there
+            term.attach_run_dir(out)
     if args.reward is None:
         print(f"note: no --reward given; aligning the {args.model} model toward {reward_spec}", file=sys.stderr)
 
