@@ -53,7 +53,9 @@ def test_human_choice_is_plus_one_for_chosen_minus_one_for_others():
         with pytest.raises(NoiseAlignError):
             HumanChoice.rewards(bad, 4)
     with pytest.raises(NoiseAlignError, match="needs a person"):
-        HumanChoice()(torch.zeros(2, 1, 8, 8), ["", ""])
+        HumanChoice.from_argument(None)(torch.zeros(2, 1, 8, 8), ["", ""])
+    with pytest.raises(NoiseAlignError, match="takes no argument"):
+        HumanChoice.from_argument("3")
 
 
 def test_every_api_call_needs_the_session_token(server):

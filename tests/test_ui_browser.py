@@ -51,7 +51,7 @@ def browser():
 
 @pytest.fixture
 def server(tmp_path):
-    session = HumanSession.start(tiny_problem(), DemonConfig(K=6, grid_points=10, lookahead_steps=6),
+    session = HumanSession.start(tiny_problem(), DemonConfig(K=6, grid_points=10, beta=0.02, lookahead_steps=6),
                                  seed=1, out=tmp_path / "run")
     with UIServer(session) as server:
         yield server

@@ -13,7 +13,8 @@ import pytest
 
 from noisealign import cli
 from noisealign.models import registry
-from test_ui_support import TinyImages, base_url, call
+from noisealign.ui import HumanSession
+from test_ui_support import SMALL, TinyImages, base_url, call, tiny_problem
 
 ROOT = Path(__file__).resolve().parents[1]
 LAUNCH = ("import sys; from noisealign.models import registry; from test_ui_support import TinyImages; "
@@ -33,8 +34,10 @@ def test_bad_input_is_one_line(tmp_path, capsys, monkeypatch):
     _one_line_error(capsys, ["ui", "--resume", str(tmp_path / "nothing")], "not found")
     _one_line_error(capsys, ["ui", "--resume", str(tmp_path), "--K", "4", "--model", "digits"], "drop --model, --K")
     _one_line_error(capsys, ["ui", "--port", "70000"], "not a port")
+    _one_line_error(capsys, ["ui", "--finish"], "give it with --resume")
     monkeypatch.setitem(registry.MODELS, "tiny-images", lambda device, dtype: TinyImages())
     _one_line_error(capsys, ["ui", "--model", "tiny-images", "--K", "0", "--no-browser"], "--K 0")
+    _one_line_error(capsys, ["ui", "--model", "tiny-images", "--beta", "0", "--no-browser"], "--beta 0")
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["ui", "--lookahead", "sideways"])
     assert exit_info.value.code == 2
@@ -79,7 +82,9 @@ def test_server_process_stops_keeping_the_run_and_resumes_with_a_new_token(tmp_p
     finally:
         said = _stop(process)
     assert f"noisealign ui --resume {out}" in said
-    assert json.loads((out / "choices.json").read_text())["choices"][0]["chosen"] == [2]
+    saved = json.loads((out / "choices.json").read_text())
+    assert saved["choices"][0]["chosen"] == [2] and saved["config"]["K"] == 4
+    assert saved["config"]["beta"] == pytest.approx(0.1 * 14.648 / TinyImages.sigma_max)  # matched_beta
 
     process, url = _serve("--resume", str(out))
     try:
@@ -90,3 +95,17 @@ def test_server_process_stops_keeping_the_run_and_resumes_with_a_new_token(tmp_p
         assert status == 200 and state["step"] == 1 and state["history"][0]["chosen"] == [2]
     finally:
         _stop(process)
+
+
+def test_finish_a_saved_run_without_a_server(tmp_path, monkeypatch, capsys):
+    session = HumanSession.start(tiny_problem(), SMALL, seed=2, out=tmp_path / "run", model_name="tiny-images")
+    session.choose([1, 2])
+    session.choose([0])  # ...and the browser was closed
+    monkeypatch.setitem(registry.MODELS, "tiny-images", lambda device, dtype: TinyImages())
+    assert cli.main(["ui", "--resume", str(session.run_dir), "--finish"]) == 0
+    assert "finished after 2 chosen steps" in capsys.readouterr().out
+    result = json.loads((session.run_dir / "result.json").read_text())
+    assert result["status"] == "finished" and result["demon_steps"] == 2
+    finished_by_cli = (session.run_dir / "image.png").read_bytes()
+    session.finish()  # the first process finishes its own copy: it rewrites the very same image
+    assert (session.run_dir / "image.png").read_bytes() == finished_by_cli

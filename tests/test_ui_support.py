@@ -41,7 +41,7 @@ class TinyImages:
 
     def __init__(self) -> None:
         means = _glyphs().flatten(1)
-        self.mixture = GaussianMixture(means, torch.full((4,), 0.3), torch.ones(4))
+        self.mixture = GaussianMixture(means, torch.full((4,), 0.15), torch.ones(4))
 
     def encode_prompt(self, prompt: str) -> torch.Tensor:
         return torch.zeros(1, 0)

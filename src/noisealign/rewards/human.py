@@ -30,6 +30,13 @@ class HumanChoice:
     name = "human"
     differentiable = False
 
+    @classmethod
+    def from_argument(cls, argument: str | None) -> "HumanChoice":
+        """The registry's factory (`--reward human`, and `regenerate` of a `noisealign ui` run)."""
+        if argument:
+            raise NoiseAlignError(f"reward 'human' takes no argument, got human:{argument}; write just human")
+        return cls()
+
     @staticmethod
     def rewards(chosen: Sequence[int], K: int) -> Tensor:
         """r_k = +1 if k is among `chosen`, else -1; shape (K,), float32.

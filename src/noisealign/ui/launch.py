@@ -5,19 +5,30 @@ from __future__ import annotations
 import argparse
 import sys
 import webbrowser
+from dataclasses import replace
 
 from ..errors import NoiseAlignError
-from ..methods.demon import DEMONS, LOOKAHEADS, DemonConfig
+from ..methods.demon import DEMONS, LOOKAHEADS, PAPER_SIGMA_MAX, DemonConfig
 from .server import UIServer, exposure_warning
-from .session import CHOICES_FILE, HumanSession
+from .session import CHOICES_FILE, HumanSession, read_choices
 
 RUN_DEFAULTS = {
     "model": "digits", "prompt": "", "negative_prompt": "", "guidance": None, "seed": 0,
-    "K": 8, "steps": 16, "beta": DemonConfig.beta, "demon": DemonConfig.demon, "lookahead": DemonConfig.lookahead,
+    "K": 8, "steps": 16, "beta": None, "demon": DemonConfig.demon, "lookahead": DemonConfig.lookahead,
     "lookahead_steps": DemonConfig.lookahead_steps, "out": None, "device": "cpu", "dtype": "fp32",
 }
-"""Options of a new run. With --resume they come from the run's choices.json instead, so the
-parser leaves them None and a given one is an error."""
+"""Options of a new run (beta None: `matched_beta`). With --resume they come from the run's
+choices.json instead, so the parser leaves them None and a given one is an error."""
+
+
+def matched_beta(sigma_max: float) -> float:
+    """The paper's beta = 0.1 moved to the model's noise range: beta * sigma_max held at 0.1 x 14.648.
+
+    beta multiplies sigma in the SDE's drift (1 + beta sigma) and its noise, so beta sigma is the
+    scale-free quantity; on a model whose sigma_max is 80 (digits) the paper's 0.1 makes the
+    first Euler-Maruyama steps overshoot badly on a short grid. Stable Diffusion keeps 0.1.
+    """
+    return DemonConfig.beta * PAPER_SIGMA_MAX / sigma_max
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -31,12 +42,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--steps", type=int,
                      help=f"Karras grid points (default {d['steps']}); the upper ~70%% of them are your choices, "
                           "the rest runs the ODE")
-    run.add_argument("--beta", type=float, help=f"noise level of the reverse SDE (default {d['beta']})")
+    run.add_argument("--beta", type=float,
+                     help="noise level of the reverse SDE (default: the paper's 0.1 at Stable Diffusion's sigma_max "
+                          "14.6, scaled to the model's: 0.1 x 14.6 / sigma_max, 0.018 for digits)")
     run.add_argument("--demon", choices=DEMONS, help=f"weights from your +1/-1 (default {d['demon']})")
     run.add_argument("--lookahead", choices=LOOKAHEADS,
-                     help=f"what each candidate image shows: its ODE solution (ode, default), D(x, sigma) "
+                     help="what each candidate image shows: its ODE solution (ode, default), D(x, sigma) "
                           "(tweedie, one call, blurrier) or the model's few-step estimate (consistency)")
-    run.add_argument("--lookahead-steps", type=int, help=f"Heun steps of the ODE look-ahead (default {d['lookahead_steps']})")
+    run.add_argument("--lookahead-steps", type=int,
+                     help=f"Heun steps of the ODE look-ahead (default {d['lookahead_steps']})")
     run.add_argument("--seed", type=int, help="same seed and same choices, same image (default 0)")
     run.add_argument("--out", help="run folder (default: a new folder under runs/); never overwritten")
     run.add_argument("--device", help="torch device of the model, e.g. cuda (default cpu)")
@@ -48,13 +62,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     serve.add_argument("--no-browser", action="store_true", help="print the URL, do not open a browser")
     serve.add_argument("--resume", metavar="RUN_DIR",
                        help=f"continue a run of `noisealign ui` from RUN_DIR/{CHOICES_FILE} (its choices are replayed)")
+    serve.add_argument("--finish", action="store_true",
+                       help="with --resume: replay the choices, finish the run (ODE to the end) and exit, no server")
 
 
 def main(args: argparse.Namespace) -> int:
     """Start or resume the session, serve it until Ctrl-C, say where the run folder is."""
     if not 0 <= args.port <= 65535:
         raise NoiseAlignError(f"--port {args.port} is not a port; give 1..65535, or 0 for a free one")
+    if args.finish and not args.resume:
+        raise NoiseAlignError("--finish finishes a saved run; give it with --resume RUN_DIR")
     session = _resume(args) if args.resume else _start(args)
+    if args.finish:
+        if not session.finished:
+            session.finish()
+        print(f"finished after {len(session.choices)} chosen steps: {session.run_dir}", flush=True)
+        return 0
     try:
         server = UIServer(session, args.host, args.port)
     except OSError as error:
@@ -86,10 +109,14 @@ def _start(args: argparse.Namespace) -> HumanSession:
     from ..models.registry import load_model
     from ..rewards.human import HumanChoice
 
-    v = {name: default if getattr(args, name) is None else getattr(args, name) for name, default in RUN_DEFAULTS.items()}
-    config = DemonConfig(demon=v["demon"], K=v["K"], beta=v["beta"], lookahead=v["lookahead"],
-                         lookahead_steps=v["lookahead_steps"], grid_points=v["steps"])
+    v = {name: default if getattr(args, name) is None else getattr(args, name)
+         for name, default in RUN_DEFAULTS.items()}
+    beta = DemonConfig.beta if v["beta"] is None else v["beta"]
+    config = DemonConfig(demon=v["demon"], K=v["K"], beta=beta, lookahead=v["lookahead"],
+                         lookahead_steps=v["lookahead_steps"], grid_points=v["steps"])  # bad options fail here
     model = load_model(v["model"], device=v["device"], dtype=v["dtype"])
+    if v["beta"] is None:
+        config = replace(config, beta=matched_beta(model.sigma_max))
     problem = Problem(model, HumanChoice(), v["prompt"], v["negative_prompt"], v["guidance"])
     return HumanSession.start(problem, config, v["seed"], v["out"], v["device"], v["dtype"], model_name=v["model"])
 
@@ -98,6 +125,8 @@ def _resume(args: argparse.Namespace) -> HumanSession:
     given = [f"--{name.replace('_', '-')}" for name in RUN_DEFAULTS if getattr(args, name) is not None]
     if given:
         raise NoiseAlignError(f"--resume takes the run's options from {CHOICES_FILE}; drop {', '.join(given)}")
+    saved = len(read_choices(args.resume)["choices"])
+    print(f"replaying the {saved} choices saved in {args.resume} ...", file=sys.stderr, flush=True)
     session = HumanSession.resume(args.resume)
     if session.replay_diverged_at is not None:
         print(f"WARNING: replaying {args.resume} gave a different state from step {session.replay_diverged_at} on "

@@ -205,7 +205,7 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             body = json.loads(self.rfile.read(length) or b"{}")
         except (json.JSONDecodeError, UnicodeDecodeError):
-            raise NoiseAlignError("the request body is not JSON; send e.g. {\"version\": 3, \"chosen\": [0, 2]}") from None
+            raise NoiseAlignError('the request body is not JSON; send e.g. {"version": 3, "chosen": [0, 2]}') from None
         if not isinstance(body, dict):
             raise NoiseAlignError("the request body must be a JSON object")
         return body
@@ -226,7 +226,10 @@ class _Handler(BaseHTTPRequestHandler):
                            "Content-Length": str(len(data)), **(extra or {})}.items():
             self.send_header(key, value)
         self.end_headers()
-        self.wfile.write(data)
+        try:
+            self.wfile.write(data)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the tab was closed while the step ran; the session and its files are up to date
 
     def log_message(self, format: str, *args: Any) -> None:
         """Quiet: a person watching the terminal needs no request log (and tokens never appear in it)."""

@@ -115,9 +115,10 @@ class HumanSession:
         """
         baseline = Plain().run(RunContext(problem, seed, Ledger(query_limit=0))).output
         if not is_image_batch(baseline):
-            raise NoiseAlignError(f"noisealign ui shows images, but model {problem.model.name!r} outputs "
-                                  f"tensors of shape {tuple(baseline.shape[1:])}; use an image model such as --model digits")
-        spec = RunSpec(model_name or problem.model.name, problem.prompt, problem.negative_prompt, problem.guidance, seed, device, dtype)
+            raise NoiseAlignError(f"noisealign ui shows images, but model {problem.model.name!r} outputs tensors of "
+                                  f"shape {tuple(baseline.shape[1:])}; use an image model such as --model digits")
+        spec = RunSpec(model_name or problem.model.name, problem.prompt, problem.negative_prompt, problem.guidance,
+                       seed, device, dtype)
         run_dir = create_run_dir(None if out is None else str(out), "ui-demon", seed)
         save_output(baseline, run_dir / "baseline")
         session = cls(problem, spec, config, run_dir)
@@ -129,7 +130,7 @@ class HumanSession:
         """Rebuild a run from its choices.json by replaying every choice (the model is loaded
         by name unless given). A finished run is finished again, to the same bits."""
         run_dir = Path(run_dir)
-        data = _read_choices(run_dir)
+        data = read_choices(run_dir)
         spec = RunSpec(**data["run"])
         config = config_from_dict(DemonConfig, data["config"])
         if model is None:
@@ -146,7 +147,7 @@ class HumanSession:
             if session.replay_diverged_at is None and session.choices[-1]["x_sha256"] != record["x_sha256"]:
                 session.replay_diverged_at = record["step"]
         session.undone = data["undone"]
-        session._seconds_before = data["seconds"]
+        session._seconds_before, session._clock = data["seconds"], time.perf_counter()
         if data["finished"]:
             session._finish()
         return session
@@ -266,11 +267,7 @@ class HumanSession:
     def _preview(self) -> str:
         """D(x, sigma) of the current state, decoded: what the sample looks like so far (one NFE)."""
         denoised = self.context.denoiser(self.demon.x, self.demon.sigma)
-        decoded = self.problem.model.decode(denoised)
-        if not is_image_batch(decoded):
-            raise NoiseAlignError(f"noisealign ui shows images, but model {self.spec.model!r} decodes to shape "
-                                  f"{tuple(decoded.shape[1:])}; use an image model such as --model digits")
-        return render.png_data_url(decoded[0], render.PREVIEW_SIDE)
+        return render.png_data_url(self.problem.model.decode(denoised)[0], render.PREVIEW_SIDE)
 
     def _propose(self) -> Tensor | None:
         """The current step's K decoded look-aheads, or None when no demon step is left."""
@@ -332,8 +329,9 @@ def _atomic(path: Path, write) -> None:
     os.replace(tmp, path)
 
 
-def _read_choices(run_dir: Path) -> dict[str, Any]:
-    path = run_dir / CHOICES_FILE
+def read_choices(run_dir: Path) -> dict[str, Any]:
+    """A run folder's choices.json, checked to be one this module wrote."""
+    path = Path(run_dir) / CHOICES_FILE
     if not path.is_file():
         raise NoiseAlignError(f"{path} not found; --resume takes a run folder written by `noisealign ui`")
     try:

@@ -73,6 +73,7 @@ async function act(path, extra) {
     $("busy").hidden = true;
     updateButtons();
   }
+  if (!$("banner").hidden && !stopped) refresh(true);  // e.g. after a 409: show what the other tab did
 }
 
 function render(next) {
