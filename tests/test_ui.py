@@ -2,6 +2,7 @@
 choose / undo / finish flow, two tabs, a closed browser, resume by replay, the run folder."""
 
 import csv
+import importlib.util
 import io
 import json
 import threading
@@ -13,7 +14,7 @@ import torch
 from noisealign.budget import Ledger
 from noisealign.errors import NoiseAlignError
 from noisealign.methods.base import Problem, RunContext
-from noisealign.methods.demon import Demon, DemonSession
+from noisealign.methods.demon import Demon, DemonConfig, DemonSession
 from noisealign.models.gmm import GaussianMixture
 from noisealign.rewards.human import HumanChoice
 from noisealign.ui import HumanSession, UIServer
@@ -271,3 +272,22 @@ def test_exposure_warning_and_url():
 
 def test_url_carries_the_token_in_the_fragment(server):
     assert server.url == f"http://127.0.0.1:{server.port}/#token={server.token}" and server.host == "127.0.0.1"
+
+
+@pytest.mark.skipif(importlib.util.find_spec("noisealign.models.digits") is None,
+                    reason="the bundled digits model is not on this branch yet")
+def test_bundled_digits_model_offline(tmp_path):
+    from noisealign.models.registry import load_model
+    from noisealign.ui.launch import matched_beta
+
+    model = load_model("digits")
+    config = DemonConfig(K=4, grid_points=8, beta=matched_beta(model.sigma_max), lookahead_steps=6)
+    session = HumanSession.start(Problem(model, HumanChoice(), prompt="3"), config, seed=0, out=tmp_path / "run",
+                                 model_name="digits")
+    assert session.candidates.shape == (4, 1, 8, 8)
+    session.choose([0, 1])
+    session.choose([2])
+    resumed = HumanSession.resume(session.run_dir)  # loads "digits" by name, offline
+    assert torch.equal(resumed.x, session.x) and resumed.replay_diverged_at is None
+    session.finish()
+    assert json.loads((session.run_dir / "result.json").read_text())["model"] == "digits"
