@@ -34,14 +34,15 @@ def build_parser() -> argparse.ArgumentParser:
                     "image.png (aligned), baseline.png (plain sample, same seed), trace.csv and, where a "
                     "method optimizes or chooses noise, noise.pt.")
     generate.add_argument("--model", default="digits",
-                          help="digits (bundled, default), gmm, or a diffusers hub id / local folder")
+                          help="digits (bundled, default), gmm, or a diffusers hub id / local folder "
+                               "(SD 1.x/2.x, SDXL, SD-Turbo/SDXL-Turbo, SD3)")
     generate.add_argument("--prompt", default="",
                           help='text prompt; for digits a digit "0".."9" or "" (unconditional, default)')
     generate.add_argument("--negative-prompt", default="", help="negative prompt for guidance")
     generate.add_argument("--guidance", type=float, default=None, help="CFG scale (default: the model's)")
     generate.add_argument("--reward", default=None,
                           help="reward spec, e.g. digit:3, jpeg, brightness, digit:3+0.5*brightness "
-                               "(default: digit:3 for digits)")
+                               "(default: digit:3 for digits, aesthetic for diffusers models)")
     generate.add_argument("--method", default="best-of-n", choices=sorted(METHODS),
                           help="; ".join(f"{name}: {entry.summary}" for name, entry in METHODS.items()))
     generate.add_argument("--budget", type=int, default=256,
@@ -52,6 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--out", default=None, help="run folder (default: a new folder under runs/); never overwritten")
     generate.add_argument("--device", default="cpu", help="torch device of the model, e.g. cuda")
     generate.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"], help="model precision")
+    generate.add_argument("--height", type=int, default=None, help="diffusers models: image height in pixels")
+    generate.add_argument("--width", type=int, default=None, help="diffusers models: image width in pixels")
+    generate.add_argument("--scheduler", choices=["ddim", "euler", "karras"], default=None,
+                          help="diffusers models: the plain sampler's sigma grid, as diffusers' DDIM or Euler "
+                               "scheduler would space it, or Karras (default: the checkpoint's own)")
     generate.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_vlm_arguments(generate.add_argument_group("vlm reward options (see docs/vlm.md)"))
     for name, entry in METHODS.items():
@@ -123,10 +129,9 @@ def _generate(args: argparse.Namespace) -> int:
     method = entry.build(args)
     registry = _reward_registry(args)
     reward = parse_reward(args.reward, registry) if args.reward else None  # a bad spec fails before loading
-    model = load_model(args.model, device=args.device, dtype=args.dtype)
-    reward_spec = args.reward or DEFAULT_REWARDS.get(args.model)
-    if reward_spec is None:
-        raise NoiseAlignError(f"no default reward for model {args.model!r}; pass --reward, e.g. --reward aesthetic")
+    model = load_model(args.model, device=args.device, dtype=args.dtype, height=args.height, width=args.width,
+                       scheduler=args.scheduler)
+    reward_spec = args.reward or DEFAULT_REWARDS.get(args.model, "aesthetic")
     reward = reward or parse_reward(reward_spec, registry)
     problem = Problem(model, reward, args.prompt, args.negative_prompt, args.guidance)
     out = create_run_dir(args.out, args.method, args.seed)
@@ -198,7 +203,8 @@ def _regenerate(run_dir: Path) -> int:
     method = METHODS[result["method"]].from_config(config["method"])
     if not hasattr(method, "regenerate"):
         raise NoiseAlignError(f"method {result['method']!r} cannot regenerate its samples")
-    model = load_model(result["model"], device=config["device"], dtype=config["dtype"])
+    model = load_model(result["model"], device=config["device"], dtype=config["dtype"], height=config["height"],
+                       width=config["width"], scheduler=config["scheduler"])
     problem = Problem(model, parse_reward(result["reward"]), result["prompt"], config["negative_prompt"],
                       config["guidance"])
     noises = torch.load(noise_path, weights_only=True)
@@ -212,7 +218,8 @@ def _regenerate(run_dir: Path) -> int:
 
 def _config(method, args: argparse.Namespace) -> dict:
     return {"method": asdict(method.config), "budget": args.budget, "guidance": args.guidance,
-            "negative_prompt": args.negative_prompt, "device": args.device, "dtype": args.dtype, "grid": args.grid}
+            "negative_prompt": args.negative_prompt, "device": args.device, "dtype": args.dtype, "height": args.height, "width": args.width,
+            "scheduler": args.scheduler, "grid": args.grid}
 
 
 def _progress(args: argparse.Namespace, budgeted: bool, seed: int) -> tqdm:
