@@ -17,7 +17,7 @@ from noisealign.methods.base import Problem, RunContext
 from noisealign.methods.demon import Demon, DemonConfig, DemonSession
 from noisealign.models.gmm import GaussianMixture
 from noisealign.rewards.human import HumanChoice
-from noisealign.ui import HumanSession, UIServer
+from noisealign.ui import HumanSession, RunSpec, UIServer
 from noisealign.ui.server import exposure_warning
 from noisealign.ui.session import RUN_FILES
 from test_ui_support import SMALL, TinyImages, base_url, call, tiny_problem
@@ -283,7 +283,7 @@ def test_bundled_digits_model_offline(tmp_path):
     model = load_model("digits")
     config = DemonConfig(K=4, grid_points=8, beta=matched_beta(model.sigma_max), lookahead_steps=6)
     session = HumanSession.start(Problem(model, HumanChoice(), prompt="3"), config, seed=0, out=tmp_path / "run",
-                                 model_name="digits")
+                                 spec=RunSpec("digits"))
     assert session.candidates.shape == (4, 1, 8, 8)
     session.choose([0, 1])
     session.choose([2])
@@ -291,3 +291,4 @@ def test_bundled_digits_model_offline(tmp_path):
     assert torch.equal(resumed.x, session.x) and resumed.replay_diverged_at is None
     session.finish()
     assert json.loads((session.run_dir / "result.json").read_text())["model"] == "digits"
+

@@ -13,7 +13,7 @@ import pytest
 
 from noisealign import cli
 from noisealign.models import registry
-from noisealign.ui import HumanSession
+from noisealign.ui import HumanSession, RunSpec
 from test_ui_support import SMALL, TinyImages, base_url, call, tiny_problem
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -98,7 +98,8 @@ def test_server_process_stops_keeping_the_run_and_resumes_with_a_new_token(tmp_p
 
 
 def test_finish_a_saved_run_without_a_server(tmp_path, monkeypatch, capsys):
-    session = HumanSession.start(tiny_problem(), SMALL, seed=2, out=tmp_path / "run", model_name="tiny-images")
+    session = HumanSession.start(tiny_problem(), SMALL, seed=2, out=tmp_path / "run",
+                                 spec=RunSpec("tiny-images"))
     session.choose([1, 2])
     session.choose([0])  # ...and the browser was closed
     monkeypatch.setitem(registry.MODELS, "tiny-images", lambda device, dtype: TinyImages())

@@ -10,12 +10,13 @@ from dataclasses import replace
 from ..errors import NoiseAlignError
 from ..methods.demon import DEMONS, LOOKAHEADS, PAPER_SIGMA_MAX, DemonConfig
 from .server import UIServer, exposure_warning
-from .session import CHOICES_FILE, HumanSession, read_choices
+from .session import CHOICES_FILE, HumanSession, RunSpec, read_choices
 
 RUN_DEFAULTS = {
     "model": "digits", "prompt": "", "negative_prompt": "", "guidance": None, "seed": 0,
     "K": 8, "steps": 16, "beta": None, "demon": DemonConfig.demon, "lookahead": DemonConfig.lookahead,
     "lookahead_steps": DemonConfig.lookahead_steps, "out": None, "device": "cpu", "dtype": "fp32",
+    "height": None, "width": None, "scheduler": None,
 }
 """Options of a new run (beta None: `matched_beta`). With --resume they come from the run's
 choices.json instead, so the parser leaves them None and a given one is an error."""
@@ -55,6 +56,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--out", help="run folder (default: a new folder under runs/); never overwritten")
     run.add_argument("--device", help="torch device of the model, e.g. cuda (default cpu)")
     run.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], help="model precision (default fp32)")
+    run.add_argument("--height", type=int, help="diffusers models: image height in pixels")
+    run.add_argument("--width", type=int, help="diffusers models: image width in pixels")
+    run.add_argument("--scheduler", choices=["ddim", "euler", "karras"],
+                     help="diffusers models: the baseline's grid (Demon always steps on a Karras grid)")
     serve = parser.add_argument_group("the server")
     serve.add_argument("--host", default="127.0.0.1",
                        help="address to listen on (default 127.0.0.1: this machine only; anything else is exposed)")
@@ -106,7 +111,6 @@ def main(args: argparse.Namespace) -> int:
 
 def _start(args: argparse.Namespace) -> HumanSession:
     from ..methods.base import Problem
-    from ..models.registry import load_model
     from ..rewards.human import HumanChoice
 
     v = {name: default if getattr(args, name) is None else getattr(args, name)
@@ -114,11 +118,13 @@ def _start(args: argparse.Namespace) -> HumanSession:
     beta = DemonConfig.beta if v["beta"] is None else v["beta"]
     config = DemonConfig(demon=v["demon"], K=v["K"], beta=beta, lookahead=v["lookahead"],
                          lookahead_steps=v["lookahead_steps"], grid_points=v["steps"])  # bad options fail here
-    model = load_model(v["model"], device=v["device"], dtype=v["dtype"])
+    spec = RunSpec(v["model"], device=v["device"], dtype=v["dtype"], height=v["height"], width=v["width"],
+                   scheduler=v["scheduler"])
+    model = spec.load_model()
     if v["beta"] is None:
         config = replace(config, beta=matched_beta(model.sigma_max))
     problem = Problem(model, HumanChoice(), v["prompt"], v["negative_prompt"], v["guidance"])
-    return HumanSession.start(problem, config, v["seed"], v["out"], v["device"], v["dtype"], model_name=v["model"])
+    return HumanSession.start(problem, config, v["seed"], v["out"], spec)
 
 
 def _resume(args: argparse.Namespace) -> HumanSession:

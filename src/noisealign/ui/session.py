@@ -21,7 +21,7 @@ import json
 import os
 import time
 import zipfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -51,8 +51,8 @@ class Conflict(NoiseAlignError):
 
 @dataclass(frozen=True)
 class RunSpec:
-    """What rebuilds the run's problem on resume: the model (a name `load_model` knows), the
-    prompt and guidance, the seed, and where the model ran."""
+    """What rebuilds the run's problem on resume: the model (a name or folder `load_model`
+    takes, with its loading options), the prompt and guidance, the seed."""
 
     model: str
     prompt: str = ""
@@ -61,6 +61,15 @@ class RunSpec:
     seed: int = 0
     device: str = "cpu"
     dtype: str = "fp32"
+    height: int | None = None       # diffusers models only
+    width: int | None = None
+    scheduler: str | None = None
+
+    def load_model(self):
+        from ..models.registry import load_model
+
+        return load_model(self.model, device=self.device, dtype=self.dtype, height=self.height, width=self.width,
+                          scheduler=self.scheduler)
 
 
 @dataclass(frozen=True)
@@ -106,19 +115,19 @@ class HumanSession:
 
     @classmethod
     def start(cls, problem: Problem, config: DemonConfig, seed: int = 0, out: str | Path | None = None,
-              device: str = "cpu", dtype: str = "fp32", model_name: str | None = None) -> "HumanSession":
+              spec: RunSpec | None = None) -> "HumanSession":
         """A new run: the plain baseline of `seed`, then the first step's candidates.
 
-        The run folder is `out` (new or empty) or a new folder under runs/. `model_name` is what
-        `load_model` rebuilds the model from on resume (default: the model's own name); `device`
-        and `dtype` are recorded for that too.
+        The run folder is `out` (new or empty) or a new folder under runs/. `spec` says how
+        `load_model` rebuilds the model on resume (default: by the model's own name, on the
+        CPU); its prompt, guidance and seed are taken from `problem` and `seed`.
         """
         baseline = Plain().run(RunContext(problem, seed, Ledger(query_limit=0))).output
         if not is_image_batch(baseline):
             raise NoiseAlignError(f"noisealign ui shows images, but model {problem.model.name!r} outputs tensors of "
                                   f"shape {tuple(baseline.shape[1:])}; use an image model such as --model digits")
-        spec = RunSpec(model_name or problem.model.name, problem.prompt, problem.negative_prompt, problem.guidance,
-                       seed, device, dtype)
+        spec = replace(spec or RunSpec(problem.model.name), prompt=problem.prompt,
+                       negative_prompt=problem.negative_prompt, guidance=problem.guidance, seed=seed)
         run_dir = create_run_dir(None if out is None else str(out), "ui-demon", seed)
         save_output(baseline, run_dir / "baseline")
         session = cls(problem, spec, config, run_dir)
@@ -133,10 +142,7 @@ class HumanSession:
         data = read_choices(run_dir)
         spec = RunSpec(**data["run"])
         config = config_from_dict(DemonConfig, data["config"])
-        if model is None:
-            from ..models.registry import load_model
-
-            model = load_model(spec.model, device=spec.device, dtype=spec.dtype)
+        model = spec.load_model() if model is None else model
         problem = Problem(model, HumanChoice(), spec.prompt, spec.negative_prompt, spec.guidance)
         session = cls(problem, spec, config, run_dir)
         for record in data["choices"]:
@@ -314,7 +320,8 @@ class HumanSession:
                 "demon_steps": len(self.choices), "undone": self.undone,
                 "degenerate_steps": self.demon.degenerate_steps, "ode_after": self.demon.ode_after,
                 "config": {"method": asdict(self.config), "guidance": spec.guidance,
-                           "negative_prompt": spec.negative_prompt, "device": spec.device, "dtype": spec.dtype}}
+                           "negative_prompt": spec.negative_prompt, "device": spec.device, "dtype": spec.dtype,
+                           "height": spec.height, "width": spec.width, "scheduler": spec.scheduler}}
 
 
 def _digest(x: Tensor) -> str:
