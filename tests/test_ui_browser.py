@@ -3,7 +3,7 @@ Playwright): choose over several steps, undo, finish, download, check the run fo
 
 Without chromium or playwright this module is skipped with the reason, except under CI (the
 CI environment variable set), where it fails: CI installs both. Set NOISEALIGN_UI_SCREENSHOT
-to a path to also save the mid-run screenshot there (docs/ui.png is made that way).
+to a path to also save the mid-run screenshot there.
 """
 
 import io
@@ -15,9 +15,11 @@ from pathlib import Path
 
 import pytest
 
+from noisealign.methods.base import Problem
 from noisealign.methods.demon import DemonConfig
-from noisealign.ui import HumanSession, UIServer
-from test_ui_support import tiny_problem
+from noisealign.rewards.human import HumanChoice
+from noisealign.ui import HumanSession, RunSpec, UIServer
+from noisealign.ui.launch import matched_beta
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -49,10 +51,17 @@ def browser():
         browser.close()
 
 
+@pytest.fixture(scope="module")
+def digits():
+    return RunSpec("digits").load_model()
+
+
 @pytest.fixture
-def server(tmp_path):
-    session = HumanSession.start(tiny_problem(), DemonConfig(K=6, grid_points=10, beta=0.02, lookahead_steps=6),
-                                 seed=1, out=tmp_path / "run")
+def server(tmp_path, digits):
+    """The bundled digits model, offline, as `noisealign ui` would run it (short grid, K = 6)."""
+    config = DemonConfig(K=6, grid_points=10, beta=matched_beta(digits.sigma_max), lookahead_steps=6)
+    session = HumanSession.start(Problem(digits, HumanChoice()), config, seed=1, out=tmp_path / "run",
+                                 spec=RunSpec("digits"))
     with UIServer(session) as server:
         yield server
 
@@ -89,6 +98,7 @@ def test_choose_undo_finish_download_in_chromium(page, server, tmp_path):
     screenshot = tmp_path / "ui.png"
     page.screenshot(path=screenshot)
     assert screenshot.stat().st_size > 10_000
+    assert page.get_attribute('.candidate[data-index="0"] img', "class") == "pixelated"  # 8 x 8, scaled up sharp
     if os.environ.get("NOISEALIGN_UI_SCREENSHOT"):
         shutil.copy(screenshot, os.environ["NOISEALIGN_UI_SCREENSHOT"])
 

@@ -1,6 +1,6 @@
 """`noisealign ui` on the command line: bad input is one line and exit 2; a real server
-process prints its URL, keeps the run when stopped with Ctrl-C, and `--resume` continues it
-under a new token."""
+process (the default bundled digits model, offline) prints its URL, keeps the run when stopped
+with Ctrl-C, and `--resume` continues it under a new token; `--resume --finish` finalizes."""
 
 import json
 import os
@@ -17,9 +17,6 @@ from noisealign.ui import HumanSession, RunSpec
 from test_ui_support import SMALL, TinyImages, base_url, call, tiny_problem
 
 ROOT = Path(__file__).resolve().parents[1]
-LAUNCH = ("import sys; from noisealign.models import registry; from test_ui_support import TinyImages; "
-          "registry.MODELS['tiny-images'] = lambda device, dtype: TinyImages(); "
-          "from noisealign import cli; sys.exit(cli.main(sys.argv[1:]))")
 
 
 def _one_line_error(capsys, argv, text):
@@ -45,9 +42,9 @@ def test_bad_input_is_one_line(tmp_path, capsys, monkeypatch):
 
 def _serve(*argv):
     """Start `noisealign ui` in a process; return it with the URL it printed."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT / "tests")])}
-    process = subprocess.Popen([sys.executable, "-c", LAUNCH, "ui", "--no-browser", *argv], cwd=ROOT, env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    process = subprocess.Popen([sys.executable, "-m", "noisealign.cli", "ui", "--no-browser", *argv], cwd=ROOT,
+                               env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     for line in process.stdout:
         if line.startswith("noisealign ui: open "):
             return process, line.split("open ", 1)[1].strip()
@@ -70,12 +67,12 @@ class _Address:
 
 def test_server_process_stops_keeping_the_run_and_resumes_with_a_new_token(tmp_path):
     out = tmp_path / "run"
-    process, url = _serve("--model", "tiny-images", "--K", "4", "--steps", "8", "--out", str(out), "--seed", "3")
+    process, url = _serve("--K", "4", "--steps", "8", "--out", str(out), "--seed", "3")  # the default: digits
     try:
         first = _Address(url)
         assert url.startswith("http://127.0.0.1:")
         status, state = call(base_url(first), "GET", "/api/state", first.token)
-        assert status == 200 and state["K"] == 4 and state["seed"] == 3
+        assert status == 200 and state["K"] == 4 and state["seed"] == 3 and state["model"] == "digits"
         status, state = call(base_url(first), "POST", "/api/choose", first.token,
                              {"version": state["version"], "chosen": [2]})
         assert status == 200 and state["step"] == 1
@@ -84,7 +81,7 @@ def test_server_process_stops_keeping_the_run_and_resumes_with_a_new_token(tmp_p
     assert f"noisealign ui --resume {out}" in said
     saved = json.loads((out / "choices.json").read_text())
     assert saved["choices"][0]["chosen"] == [2] and saved["config"]["K"] == 4
-    assert saved["config"]["beta"] == pytest.approx(0.1 * 14.648 / TinyImages.sigma_max)  # matched_beta
+    assert saved["config"]["beta"] == pytest.approx(0.1 * 14.648 / 80.0)  # matched_beta: digits' sigma_max is 80
 
     process, url = _serve("--resume", str(out))
     try:
