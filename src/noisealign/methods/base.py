@@ -35,7 +35,8 @@ class StepEvent:
     """The one observation payload (style principle 8): what happened at a step or iteration.
 
     `rewards` are the rewards scored at that step (candidates, perturbations or the iterate),
-    `extras` are method-specific trace columns (tau, penalty, degenerate, ...).
+    `extras` are method-specific trace columns (tau, penalty, degenerate, ...), `counts` the
+    ledger's queries / nfe / seconds when the event was observed (filled in by RunContext).
     """
 
     step: int
@@ -44,6 +45,7 @@ class StepEvent:
     denoised: Tensor | None = None
     rewards: Tensor | None = None
     extras: dict[str, float] = field(default_factory=dict)
+    counts: dict[str, float] = field(default_factory=dict)
 
 
 Observer = Callable[[StepEvent], None]
@@ -88,6 +90,7 @@ class RunContext:
 
     def observe(self, event: StepEvent) -> None:
         if self._observer is not None:
+            event.counts = self.ledger.snapshot()
             self._observer(event)
 
 

@@ -33,7 +33,7 @@ class BestOfN:
             raise NoiseAlignError(f"best-of-n needs a budget of at least 1 reward query, got {n}; "
                                   "pass --budget N (N candidates, one query each)")
         n = int(n)
-        best_reward, best_sample, best_output = -float("inf"), None, None
+        best_reward, best_index, best_sample, best_output = -float("inf"), -1, None, None
         with torch.inference_mode():
             for chunk, start in enumerate(range(0, n, self.config.batch_size)):
                 indices = range(start, min(start + self.config.batch_size, n))
@@ -42,9 +42,16 @@ class BestOfN:
                 rewards = context.score(outputs)
                 top = int(rewards.argmax())
                 if rewards[top] > best_reward:
-                    best_reward = float(rewards[top])
+                    best_reward, best_index = float(rewards[top]), indices[top]
                     best_sample, best_output = samples[top:top + 1].clone(), outputs[top:top + 1].clone()
                 context.observe(StepEvent(step=chunk, rewards=rewards,
                                           extras={"best_so_far": best_reward}))
         return MethodResult(sample=best_sample, output=best_output, reward=best_reward,
-                            info={"candidates": n})
+                            noises={"candidate": torch.tensor([best_index])},
+                            info={"candidates": n, "best_candidate": best_index})
+
+    def regenerate(self, context: RunContext, noises: dict) -> MethodResult:
+        """The kept candidate again, from its index in the seed's candidate streams."""
+        with torch.inference_mode():
+            sample = sample_plain(context, [int(noises["candidate"][0])], self.config.sampler)
+            return MethodResult(sample=sample, output=context.model.decode(sample))

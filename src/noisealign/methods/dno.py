@@ -23,12 +23,12 @@ Cost accounting (the run's Ledger):
   gradient checkpointing does during the backward pass (it is real model work): a grad step
   costs 2 * steps with checkpointing, `steps` without. Backward passes are not counted.
 - The kept sample is regenerated from the best noises once more at the end (steps NFE,
-  no query), so `result.output` is exactly what `regenerate` returns.
+  no query), so `result.output` is exactly what `Dno.regenerate` returns from noise.pt.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
@@ -38,8 +38,8 @@ from torch.utils.checkpoint import checkpoint
 from ..engine import ancestral_sigmas, sample_ancestral
 from ..engine.noise import randn, sample_generator
 from ..errors import NoiseAlignError
-from ..models.base import DiffusionModel, make_denoiser
-from .base import MethodResult, Problem, RunContext, StepEvent
+from ..models.base import DiffusionModel
+from .base import MethodResult, RunContext, StepEvent
 from .dno_regularizer import concentration_penalty
 from .zo import image_gradient, zo_gradient
 
@@ -89,17 +89,6 @@ class DnoConfig:
         for name, value in {"eta": self.eta, "gamma": self.gamma, "permutations": self.permutations}.items():
             if value < 0:
                 raise NoiseAlignError(f"DNO option {name} must be >= 0, got {value}; pass a non-negative value")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "DnoConfig":
-        unknown = set(values) - {f.name for f in fields(cls)}
-        if unknown:
-            raise NoiseAlignError(f"unknown DNO option(s) {sorted(unknown)} in a saved config; "
-                                  "was the run made by another method or version?")
-        return cls(**values)
 
 
 # ---- the noise-to-output map and its variables ---------------------------------------------
@@ -157,20 +146,9 @@ def make_optimizer(variables: Tensor, lr: float) -> torch.optim.Adam:
     return torch.optim.Adam([variables], lr=lr, weight_decay=0.0)
 
 
-def regenerate(problem: Problem, config: DnoConfig | dict[str, Any],
-               noises: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
-    """(sample, output) of a DNO run from its saved noises (noise.pt) and config (result.json).
-
-    Bit-identical to the run's result on the same device: the same sampler, the same noises.
-    """
-    config = config if isinstance(config, DnoConfig) else DnoConfig.from_dict(config)
-    model = problem.model
-    denoiser = make_denoiser(model, problem.prompt, problem.guidance, problem.negative_prompt)
-    return _sample_from_noises(denoiser, model, config, noises)
-
-
-def _sample_from_noises(denoiser: Callable[[Tensor, float], Tensor], model: DiffusionModel,
-                        config: DnoConfig, noises: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+def sample_from_noises(denoiser: Callable[[Tensor, float], Tensor], model: DiffusionModel,
+                      config: DnoConfig, noises: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+    """(sample, output) from saved noises {"z_T": (1, *shape), "z": (steps, 1, *shape)}, no gradient."""
     sigmas = model.sigmas(config.steps)
     z_T, z = noises.get("z_T"), noises.get("z")
     shape = tuple(model.sample_shape)
@@ -238,7 +216,7 @@ class Dno:
 
         z_T_best, noises_best = unstack_variables(best_variables, z, active)
         saved = {"z_T": z_T_best.clone(), "z": torch.stack(noises_best).clone()}
-        sample, output = _sample_from_noises(context.denoiser, model, config, saved)
+        sample, output = sample_from_noises(context.denoiser, model, config, saved)
         return MethodResult(sample=sample, output=output, reward=best_reward, noises=saved, info={
             "mode": mode, "iterations": steps_planned, "queries_per_iteration": cost,
             "best_iteration": best_iteration, "initial_reward": history[0],
@@ -246,6 +224,12 @@ class Dno:
             "penalty_initial": initial_penalty, "penalty_final": float(penalty(best_variables)),
             "penalty_last": float(penalty(variables.detach())),
         })
+
+    def regenerate(self, context: RunContext, noises: dict[str, Tensor]) -> MethodResult:
+        """The sample of a finished run from its saved noises (noise.pt): bit-identical to the
+        run's result on the same device, since it is the same sampler on the same noises."""
+        sample, output = sample_from_noises(context.denoiser, context.model, self.config, noises)
+        return MethodResult(sample=sample, output=output, noises=noises)
 
     def _surrogate(self, mode: str, context: RunContext, sigmas: Tensor, variables: Tensor, z: Tensor,
                    active: list[int], reward: Tensor, output: Tensor, generator: torch.Generator) -> Tensor:

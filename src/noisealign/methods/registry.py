@@ -1,15 +1,17 @@
 """Method names to their CLI flags and builders. Adding a method: one module, one line here.
 
-Each entry's `add_arguments(group)` declares the method's own flags; `build(args)` turns the
-parsed flags into a method whose `config` is a frozen dataclass (written to result.json).
+Each entry's `add_arguments(group)` declares the method's own flags and `config_from_args(args)`
+turns them into the method's frozen config dataclass; `method(config)` builds it. The config is
+written to result.json, and `from_config` rebuilds the method from it (for `regenerate`).
 """
 
 from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
+from ..configs import config_from_dict
 from .base import Method
 from .best_of_n import BestOfN, BestOfNConfig
 from .dno import Dno, DnoConfig
@@ -19,9 +21,17 @@ from .plain import Plain, PlainConfig
 @dataclass(frozen=True)
 class MethodEntry:
     summary: str
+    method: Callable[[Any], Method]
+    config_type: type
+    config_from_args: Callable[[argparse.Namespace], Any]
     add_arguments: Callable[[argparse._ArgumentGroup], None]
-    build: Callable[[argparse.Namespace], Method]
     needs_budget: bool
+
+    def build(self, args: argparse.Namespace) -> Method:
+        return self.method(self.config_from_args(args))
+
+    def from_config(self, config: dict[str, Any]) -> Method:
+        return self.method(config_from_dict(self.config_type, config))
 
 
 def _add_sampler_arguments(group: argparse._ArgumentGroup) -> None:
@@ -50,7 +60,7 @@ def _add_dno_arguments(group: argparse._ArgumentGroup) -> None:
     group.add_argument("--iterations", type=int, default=None,
                        help="dno: Adam steps (default: as many as --budget pays)")
     group.add_argument("--gamma", type=float, default=d.gamma,
-                       help=f"dno: weight of the probability regularization (default {d.gamma}: none)")
+                       help=f"dno: weight of the probability regularization (default {d.gamma})")
     group.add_argument("--q", type=int, default=d.q, help=f"dno zo/hybrid: perturbations per step (default {d.q})")
     group.add_argument("--mu", type=float, default=d.mu, help=f"dno zo/hybrid: perturbation scale (default {d.mu})")
     group.add_argument("--micro-batch", type=int, default=d.micro_batch,
@@ -61,20 +71,18 @@ def _add_dno_arguments(group: argparse._ArgumentGroup) -> None:
                        help="dno: keep every denoiser's activations (faster, memory grows with --steps)")
 
 
-def _dno(args: argparse.Namespace) -> Dno:
+def _dno_config(args: argparse.Namespace) -> DnoConfig:
     d = DnoConfig()
-    return Dno(DnoConfig(mode=args.dno_mode, steps=args.steps or d.steps,
-                         eta=d.eta if args.eta is None else args.eta, lr=args.lr, iterations=args.iterations,
-                         gamma=args.gamma, grad_clip=args.grad_clip, q=args.q, mu=args.mu,
-                         checkpointing=not args.no_checkpointing, micro_batch=args.micro_batch))
+    return DnoConfig(mode=args.dno_mode, steps=args.steps or d.steps, eta=d.eta if args.eta is None else args.eta,
+                     lr=args.lr, iterations=args.iterations, gamma=args.gamma, grad_clip=args.grad_clip,
+                     q=args.q, mu=args.mu, checkpointing=not args.no_checkpointing, micro_batch=args.micro_batch)
 
 
 METHODS: dict[str, MethodEntry] = {
-    "plain": MethodEntry("sample once, no alignment (0 reward queries)",
-                         _add_sampler_arguments, lambda a: Plain(_plain_config(a)), needs_budget=False),
-    "best-of-n": MethodEntry("N = budget plain samples, keep the best (N queries)",
-                             _no_arguments,
-                             lambda a: BestOfN(BestOfNConfig(sampler=_plain_config(a))), needs_budget=True),
-    "dno": MethodEntry("optimize all sampler noises by gradient, zo or hybrid estimates "
-                       "(1 or q+1 queries per step)", _add_dno_arguments, _dno, needs_budget=False),
+    "plain": MethodEntry("sample once, no alignment (0 reward queries)", Plain, PlainConfig,
+                         _plain_config, _add_sampler_arguments, needs_budget=False),
+    "best-of-n": MethodEntry("N = budget plain samples, keep the best (N queries)", BestOfN, BestOfNConfig,
+                             lambda a: BestOfNConfig(sampler=_plain_config(a)), _no_arguments, needs_budget=True),
+    "dno": MethodEntry("optimize every sampler noise by gradient, zo or hybrid estimates (1 or q+1 queries "
+                       "per step)", Dno, DnoConfig, _dno_config, _add_dno_arguments, needs_budget=True),
 }

@@ -14,7 +14,7 @@ from typing import Callable
 
 from ..errors import NoiseAlignError
 from .base import Reward, WeightedSum
-from .simple import Brightness, JpegCompressibility
+from .simple import Brightness, Coordinate, JpegCompressibility
 
 RewardFactory = Callable[[str | None], Reward]
 
@@ -29,6 +29,7 @@ REWARDS: dict[str, RewardFactory] = {
     "digit": _digit,
     "jpeg": JpegCompressibility.from_argument,
     "brightness": Brightness.from_argument,
+    "coordinate": Coordinate.from_argument,
 }
 
 _TERM = re.compile(r"\s*(?P<sign>[+-])?\s*(?:(?P<weight>\d*\.?\d+(?:[eE][-+]?\d+)?)\s*\*\s*)?"

@@ -56,3 +56,30 @@ class Brightness:
 
     def __call__(self, outputs: Tensor, prompts: Sequence[str]) -> Tensor:
         return outputs.float().flatten(1).mean(dim=1)
+
+
+class Coordinate:
+    """x[i] of the flattened output: a smooth, unbounded reward for the gmm model.
+
+    Unbounded on purpose: pushing it far enough leaves any distribution's support, which is
+    what the reward-hacking diagnostics must expose.
+    """
+
+    differentiable = True
+
+    def __init__(self, index: int):
+        self.index = index
+        self.name = f"coordinate:{index}"
+
+    @classmethod
+    def from_argument(cls, argument: str | None) -> "Coordinate":
+        if not argument or not argument.isdigit():
+            raise NoiseAlignError(f"reward coordinate needs an index such as coordinate:0, got {argument!r}")
+        return cls(int(argument))
+
+    def __call__(self, outputs: Tensor, prompts: Sequence[str]) -> Tensor:
+        flat = outputs.float().flatten(1)
+        if self.index >= flat.shape[1]:
+            raise NoiseAlignError(f"coordinate:{self.index} is out of range for outputs of "
+                                  f"{flat.shape[1]} numbers; pick an index below {flat.shape[1]}")
+        return flat[:, self.index]
