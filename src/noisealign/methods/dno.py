@@ -211,7 +211,7 @@ class Dno:
                 grad_norm = float(torch.nn.utils.clip_grad_norm_([variables], config.grad_clip))
                 optimizer.step()
             context.observe(StepEvent(step=t, x=sample.detach(), rewards=reward.detach(),
-                                      extras={"penalty": float(reg), "best_reward": best_reward,
+                                      extras={"penalty": float(reg.detach()), "best_reward": best_reward,
                                               "grad_norm": grad_norm}))
 
         z_T_best, noises_best = unstack_variables(best_variables, z, active)
