@@ -1,16 +1,22 @@
 """Demon (tanh, Boltzmann) against Best-of-N at equal reward queries, on the bundled digits model.
 
 The unconditional digits model is aligned toward `digit:N` for several target digits and
-seeds. Demon runs once per budget B; its final reward is the reward of its final output,
-measured outside the budget. Best-of-N comes from one pool of plain PF-ODE samples per seed
-(sample i drawn from the seed's stream i, exactly what `--method best-of-n` draws): the max
-over the first n of a fixed pool is an honest Best-of-n curve for every n at once, up to 4x
-the largest Demon budget. Best-of-N's seconds are n times its pool's per-sample cost (batches
-of 512 plain samples plus the reward).
+seeds (and toward the non-differentiable `jpeg` at a couple of budgets). Every number is the
+reward of the method's final output, measured outside its budget.
 
+Both curves are computed once per (reward, seed) for all budgets, exactly:
+- Demon with budget B takes min(steps above ode_after, B // K) demon steps from sigma_max
+  down, then the ODE. Runs with different budgets share their first steps bit for bit, so
+  one trajectory is branched into the ODE at each budget's step count; `check_exact`
+  compares a branch with a separate `--method demon` run.
+- Best-of-N with budget n keeps the best of plain samples 0..n-1 of the seed's streams, so
+  the max over the first n of one pool of 4x the largest budget is every Best-of-n at once
+  (also checked against the method). Its seconds are n times the pool's per-sample cost.
+
+Best-of-1 is the plain sample of the seed (the run's baseline).
 Goal: demon-tanh with budget B reaches at least the mean reward Best-of-N reaches with 4B.
 
-Writes benchmarks/results/demon_vs_best_of_n.csv (means over digits x seeds),
+Writes benchmarks/results/demon_vs_best_of_n.csv (means over targets x seeds),
 demon_vs_best_of_n_runs.csv (every run), demon_vs_best_of_n_queries.png and
 demon_vs_best_of_n_seconds.png.
 
@@ -28,11 +34,11 @@ from pathlib import Path
 
 import torch
 
-from noisealign.align import align
+from noisealign.align import align, evaluate
 from noisealign.budget import Ledger
 from noisealign.methods.base import Problem, RunContext
 from noisealign.methods.best_of_n import BestOfN
-from noisealign.methods.demon import Demon, DemonConfig
+from noisealign.methods.demon import Demon, DemonConfig, DemonSession
 from noisealign.methods.plain import PlainConfig, sample_plain
 from noisealign.models.registry import load_model
 from noisealign.rewards.registry import parse_reward
@@ -41,9 +47,37 @@ RESULTS = Path(__file__).parent / "results"
 STEM = "demon_vs_best_of_n"
 
 
-def demon_config(demon: str, budget: int) -> DemonConfig:
-    """The Demon compared: the library's defaults but for the demon's kind."""
-    return DemonConfig(demon=demon)
+DIGIT_DEMONS = {"demon-tanh": DemonConfig(demon="tanh"), "demon-boltzmann": DemonConfig(demon="boltzmann")}
+JPEG_DEMONS = {"demon-tanh": DemonConfig(demon="tanh"),
+               "demon-tanh-late": DemonConfig(demon="tanh", grid_points=20, ode_after=0.01)}
+"""The defaults; for JPEG size, which fine detail decides, also demon steps down to sigma 0.01."""
+
+
+def demon_curve(task: tuple[str, DemonConfig, str, int, tuple[int, ...]]) -> list[dict]:
+    """Demon runs of every budget for one (config, reward, seed), branched off one trajectory."""
+    name, config, spec, seed, budgets = task
+    torch.set_num_threads(1)
+    problem = Problem(load_model("digits"), parse_reward(spec))
+    context = RunContext(problem, seed, Ledger())
+    runs, tail_seconds, tail_nfe = [], 0.0, 0
+    with torch.inference_mode():
+        session = DemonSession(context, config)
+        steps = {b: min(session.stochastic_steps_left, b // config.K) for b in budgets}
+        while True:
+            for budget in [b for b, n in steps.items() if n == len(session.chosen)]:
+                began, nfe = time.perf_counter(), context.ledger.nfe
+                output = problem.model.decode(session.finish())
+                tail_seconds += time.perf_counter() - began
+                tail_nfe += context.ledger.nfe - nfe
+                runs.append({"method": name, "reward": spec, "seed": seed, "budget": budget,
+                             "queries": context.ledger.reward_queries,
+                             "final_reward": float(evaluate(problem, output)[0]),
+                             "seconds": context.ledger.seconds - tail_seconds + (time.perf_counter() - began),
+                             "nfe": context.ledger.nfe - tail_nfe + (context.ledger.nfe - nfe),
+                             "degenerate_steps": session.degenerate_steps})
+            if len(session.chosen) == max(steps.values()):
+                return runs
+            session.choose(context.score(session.propose()))
 
 
 def best_of_n_pool(seed: int, specs: list[str], size: int, chunk: int = 512) -> tuple[dict, dict]:
@@ -67,32 +101,24 @@ def best_of_n_pool(seed: int, specs: list[str], size: int, chunk: int = 512) -> 
     return {spec: torch.cat(values) for spec, values in scores.items()}, per_sample
 
 
-def demon_run(task: tuple[str, str, int, int]) -> dict:
-    demon, spec, seed, budget = task
+def pool_runs(seed: int, budgets: dict[str, list[int]]) -> list[dict]:
+    """Best-of-n for every reward spec and every n in budgets[spec], from one pool of the seed."""
     torch.set_num_threads(1)
-    problem = Problem(load_model("digits"), parse_reward(spec))
-    outcome = align(problem, Demon(demon_config(demon, budget)), seed, budget)
-    return {"method": f"demon-{demon}", "reward": spec, "seed": seed, "budget": budget,
-            "queries": outcome.ledger.reward_queries, "final_reward": outcome.final_reward,
-            "seconds": outcome.seconds, "nfe": outcome.ledger.nfe,
-            "degenerate_steps": outcome.result.info["degenerate_steps"]}
-
-
-def pool_runs(seed: int, specs: list[str], budgets: list[int]) -> list[dict]:
-    torch.set_num_threads(1)
-    scores, per_sample = best_of_n_pool(seed, specs, max(budgets))
+    scores, per_sample = best_of_n_pool(seed, list(budgets), max(max(b) for b in budgets.values()))
     return [{"method": "best-of-n", "reward": spec, "seed": seed, "budget": n, "queries": n,
              "final_reward": float(scores[spec][:n].max()), "seconds": per_sample[spec] * n, "nfe": None,
              "degenerate_steps": None}
-            for spec in specs for n in budgets]
+            for spec, ns in budgets.items() for n in ns]
 
 
-def check_pool_is_best_of_n(spec: str, seed: int, n: int) -> None:
-    """The pool's max over its first n equals what the best-of-n method returns with budget n."""
+def check_exact(spec: str, seed: int, budget: int, runs: list[dict]) -> None:
+    """A branched Demon run and a pooled Best-of-N equal the methods run on their own."""
     problem = Problem(load_model("digits"), parse_reward(spec))
-    method = align(problem, BestOfN(), seed, n).final_reward
-    pool = float(best_of_n_pool(seed, [spec], n)[0][spec].max())
-    assert math.isclose(method, pool, rel_tol=1e-5, abs_tol=1e-5), (method, pool)
+    for method, name in ((Demon(DemonConfig(demon="tanh")), "demon-tanh"), (BestOfN(), "best-of-n")):
+        alone = align(problem, method, seed, budget).final_reward
+        shared = next(r["final_reward"] for r in runs
+                      if (r["method"], r["reward"], r["seed"], r["budget"]) == (name, spec, seed, budget))
+        assert math.isclose(alone, shared, rel_tol=1e-6, abs_tol=1e-6), (name, alone, shared)
 
 
 def summarize(runs: list[dict]) -> list[dict]:
@@ -151,19 +177,19 @@ def main() -> None:
     torch.set_num_threads(1)
     specs = [f"digit:{d}" for d in args.digits]
     seeds = range(args.seeds)
-    check_pool_is_best_of_n(specs[0], seed=0, n=64)
-
-    tasks = [(demon, spec, seed, budget) for demon in ("tanh", "boltzmann") for spec in specs
-             for seed in seeds for budget in args.budgets]
-    tasks += [("tanh", "jpeg", seed, budget) for seed in seeds for budget in args.jpeg_budgets]
-    pool_budgets = sorted({b * f for b in args.budgets for f in (1, 4)} | set(args.jpeg_budgets))
+    budgets, jpeg_budgets = tuple(args.budgets), tuple(args.jpeg_budgets)
+    curves = [(name, config, spec, seed, budgets) for name, config in DIGIT_DEMONS.items()
+              for spec in specs for seed in seeds]
+    curves += [(name, config, "jpeg", seed, jpeg_budgets) for name, config in JPEG_DEMONS.items() for seed in seeds]
+    times_four = lambda bs: sorted({1} | {b * f for b in bs for f in (1, 4)})  # noqa: E731  (n = 1 is plain)
+    pooled = {**{spec: times_four(budgets) for spec in specs}, "jpeg": times_four(jpeg_budgets)}
     started = time.perf_counter()
     with ProcessPoolExecutor(args.workers) as pool:
-        pools = [pool.submit(pool_runs, seed, specs + ["jpeg"], pool_budgets) for seed in seeds]
-        runs = [run for future in pools for run in future.result()]
-        runs += list(pool.map(demon_run, sorted(tasks, key=lambda t: -t[3]), chunksize=1))
-    runs = [r for r in runs if r["reward"] != "jpeg" or r["budget"] in args.jpeg_budgets]
+        pools = [pool.submit(pool_runs, seed, pooled) for seed in seeds]
+        runs = [run for runs in pool.map(demon_curve, curves, chunksize=1) for run in runs]
+        runs += [run for future in pools for run in future.result()]
     print(f"{len(runs)} runs in {time.perf_counter() - started:.0f} s")
+    check_exact(specs[0], seed=1, budget=128, runs=runs)
 
     rows = summarize(runs)
     RESULTS.mkdir(exist_ok=True)

@@ -118,7 +118,7 @@ def combine_noises(z: Tensor, weights: Tensor) -> Tensor | None:
     A standard normal in N dimensions lies near the sphere of radius sqrt(N), so z* stays a
     plausible noise however the weights are scaled. z: (K, *shape), weights: (K,).
     """
-    total = torch.tensordot(weights.to(torch.float64), z.to(torch.float64), dims=1)
+    total = torch.tensordot(weights.to(device=z.device, dtype=torch.float64), z.to(torch.float64), dims=1)
     norm = float(total.norm())
     scale = float(weights.abs().sum()) * math.sqrt(total.numel())
     if norm <= 1e-9 * scale or scale == 0:
