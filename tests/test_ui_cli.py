@@ -67,7 +67,7 @@ class _Address:
 
 def test_server_process_stops_keeping_the_run_and_resumes_with_a_new_token(tmp_path):
     out = tmp_path / "run"
-    process, url = _serve("--K", "4", "--steps", "8", "--out", str(out), "--seed", "3")  # the default: digits
+    process, url = _serve("--K", "4", "--steps", "8", "--lookahead-steps", "4", "--out", str(out), "--seed", "3")
     try:
         first = _Address(url)
         assert url.startswith("http://127.0.0.1:")
