@@ -9,8 +9,8 @@ from pathlib import Path
 from PIL import Image
 from torch import Tensor
 
-CANDIDATE_SIDE, PREVIEW_SIDE = 384, 512
-"""Largest side sent for a candidate image and for the current sample (pixels)."""
+CANDIDATE_SIDE, PREVIEW_SIDE, THUMB_SIDE = 384, 512, 96
+"""Largest side sent for a candidate image, the current sample and a trajectory thumbnail (pixels)."""
 
 
 def png_data_url(image: Tensor, max_side: int) -> str:

@@ -107,7 +107,7 @@ class HumanSession:
         self._seconds_before, self._clock = 0.0, time.perf_counter()
         with torch.inference_mode():
             self.demon = DemonSession(self.context, config)
-            self.previews = [self._preview()]     # data URLs of D(x, sigma) decoded, one per state
+            self.previews = [self._preview()]     # (page, thumbnail) data URLs of D(x, sigma), one per state
             self._snapshots = [self._snapshot()]
             self.candidates = self._propose()
 
@@ -220,8 +220,8 @@ class HumanSession:
             "step": len(self.choices), "steps_total": self.steps_total, "sigma": self.sigma,
             "finished": self.finished, "undone": self.undone,
             "candidates": self._candidate_urls,
-            "preview": self.previews[-1],
-            "trajectory": self.previews,  # the state before any choice, then after each
+            "preview": self.previews[-1][0],
+            "trajectory": [thumb for _, thumb in self.previews],  # before any choice, then after each
             "history": [{"step": c["step"], "sigma": c["sigma"], "chosen": c["chosen"]} for c in self.choices],
             "baseline": render.file_data_url(self.run_dir / "baseline.png"),
             "image": render.file_data_url(self.run_dir / "image.png") if self.finished else None,
@@ -270,10 +270,11 @@ class HumanSession:
         self.finished, self.candidates = True, None
         self.version += 1
 
-    def _preview(self) -> str:
-        """D(x, sigma) of the current state, decoded: what the sample looks like so far (one NFE)."""
-        denoised = self.context.denoiser(self.demon.x, self.demon.sigma)
-        return render.png_data_url(self.problem.model.decode(denoised)[0], render.PREVIEW_SIDE)
+    def _preview(self) -> tuple[str, str]:
+        """D(x, sigma) of the current state, decoded: what the sample looks like so far (one NFE),
+        at page size and as a trajectory thumbnail."""
+        image = self.problem.model.decode(self.context.denoiser(self.demon.x, self.demon.sigma))[0]
+        return render.png_data_url(image, render.PREVIEW_SIDE), render.png_data_url(image, render.THUMB_SIDE)
 
     def _propose(self) -> Tensor | None:
         """The current step's K decoded look-aheads, or None when no demon step is left."""
