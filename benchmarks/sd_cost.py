@@ -6,12 +6,13 @@ their configs with random weights and driven through noisealign's own wrapper
 (VPDiffusersModel) and engine. The text encoder is replaced by fixed random embeddings of
 CLIP's shape (1, 77, 768); guidance 7.5, so every denoiser call is two UNet evaluations.
 
-- Demon step (algorithms.md, section 2, `tweedie` look-ahead): D(x) once at batch 1, K
-  candidates by the beta-SDE step, D at sigma_next on the K candidates as one batch, K VAE
-  decodes; the reward model's own cost is not included (it depends on the reward).
-- DNO iteration (section 3): forward through a DDIM(eta=1) chain of `--dno-steps` steps from
-  (z_T, z_1..z_n), each denoiser call and the VAE decode under gradient checkpointing, then
-  backward to all noises; the loss is the mean pixel (a stand-in for a differentiable reward).
+- Demon step: noisealign's own `DemonSession` (propose, score, choose) at its first grid point
+  sigma_max, where the ODE look-ahead is longest (c_steps = 20: 21 Heun points, 41 denoiser
+  calls per candidate); with the `tweedie` look-ahead one call per candidate. K candidates,
+  K VAE decodes. The reward is `brightness`, so the reward model's own cost is not included.
+- DNO iteration: noisealign's own `Dno` (grad mode, DDIM eta = 1, `--dno-steps` steps, each
+  denoiser call and the VAE decode checkpointed): the time of a 3-iteration run minus a
+  1-iteration run, over 2, so set-up and the final regeneration cancel out.
 
     python benchmarks/sd_cost.py                                  # CPU, reduced size
     python benchmarks/sd_cost.py --device cuda --dtype fp16       # 512 px, 50 DDIM steps
@@ -30,12 +31,15 @@ import time
 from pathlib import Path
 
 import torch
-from torch.utils.checkpoint import checkpoint
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from noisealign.engine import beta_sde_step, karras_sigmas, sample_ancestral, tweedie_lookahead  # noqa: E402
+from noisealign.budget import Ledger  # noqa: E402
+from noisealign.methods.base import Problem, RunContext  # noqa: E402
+from noisealign.methods.demon import DemonConfig, DemonSession  # noqa: E402
+from noisealign.methods.dno import Dno, DnoConfig  # noqa: E402
 from noisealign.models.base import Denoiser  # noqa: E402
+from noisealign.rewards.simple import Brightness  # noqa: E402
 
 SD15_SCHEDULER = dict(_class_name="PNDMScheduler", num_train_timesteps=1000, beta_start=0.00085,
                       beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1, clip_sample=False,
@@ -92,31 +96,24 @@ class Meter:
             self.peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
 
 
-def demon_step(model, denoiser: Denoiser, K: int, beta: float = 0.1) -> None:
-    """One Demon step at a mid-grid sigma of the paper's Karras grid (T = 64), tweedie look-ahead."""
-    sigmas = karras_sigmas(64, model.sigma_min, model.sigma_max)
-    sigma, sigma_next = float(sigmas[20]), float(sigmas[21])
-    x = sigma * torch.randn(1, *model.sample_shape, device=model.device)
-    denoised = denoiser(x, sigma)                                     # 1 call, batch 1
-    z = torch.randn(K, *model.sample_shape, device=model.device)
-    candidates = beta_sde_step(x, sigma, sigma_next, denoised, z, beta)
-    clean = tweedie_lookahead(denoiser, candidates, sigma_next)       # K calls as one batch
-    model.decode(clean)                                               # K decodes (chunked)
+def _context(model) -> RunContext:
+    return RunContext(Problem(model, Brightness(), "prompt", "", 7.5), seed=0, ledger=Ledger())
 
 
-def dno_iteration(model, denoiser: Denoiser, steps: int) -> None:
-    """Forward through DDIM(eta=1) with checkpointed denoiser calls and decode, then backward."""
-    sigmas = model.sigmas(steps)
-    shape = (1, *model.sample_shape)
-    z_T = torch.randn(shape, device=model.device, requires_grad=True)
-    noises = [torch.randn(shape, device=model.device, requires_grad=True) for _ in range(steps)]
+def demon_step(model, K: int, lookahead: str) -> Ledger:
+    """Demon's first step (sigma_max): K candidates, their look-aheads and decodes, the choice."""
+    context = _context(model)
+    session = DemonSession(context, DemonConfig(K=K, lookahead=lookahead, candidate_batch=K))
+    with torch.inference_mode():
+        session.choose(context.score(session.propose()))
+    return context.ledger
 
-    def checkpointed(x, sigma):
-        return checkpoint(denoiser, x, sigma, use_reentrant=False)
 
-    x0 = sample_ancestral(checkpointed, model.prior_std(float(sigmas[0])) * z_T, sigmas, noises, eta=1.0)
-    image = checkpoint(model.decode, x0, use_reentrant=False)
-    (-image.mean()).backward()
+def dno_run(model, steps: int, iterations: int) -> Ledger:
+    """A whole DNO run of `iterations` gradient steps (plus its set-up and final regeneration)."""
+    context = _context(model)
+    Dno(DnoConfig(mode="grad", steps=steps, iterations=iterations)).run(context)
+    return context.ledger
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -147,27 +144,33 @@ def main(argv: list[str] | None = None) -> None:
         return torch.randn(batch, *model.sample_shape, device=model.device)
 
     jobs = [
-        ("denoiser call, batch 1 (CFG)", 2, lambda: denoiser(latents(1), 1.0)),
-        (f"VAE decode, batch {K}", 0, lambda: model.decode(latents(K))),
-        (f"Demon step, K={K}, tweedie", 2 + 2 * K, lambda: demon_step(model, denoiser, K)),
-        (f"DNO iteration, {dno_steps} DDIM steps", 2 * dno_steps, lambda: dno_iteration(model, denoiser, dno_steps)),
+        ("denoiser call, batch 1 (CFG)", lambda: denoiser(latents(1), 1.0)),
+        (f"VAE decode, batch {K}", lambda: model.decode(latents(K))),
+        (f"Demon step, K={K}, tweedie", lambda: demon_step(model, K, "tweedie")),
+        (f"Demon step, K={K}, ode (sigma_max)", lambda: demon_step(model, K, "ode")),
+        (f"DNO run, {dno_steps} steps, 1 iteration", lambda: dno_run(model, dno_steps, 1)),
+        (f"DNO run, {dno_steps} steps, 3 iterations", lambda: dno_run(model, dno_steps, 3)),
     ]
     print(f"SD 1.5-shaped UNet + VAE, random weights | device {args.device} | {args.dtype} | {size} px "
           f"(latent {model.sample_shape}) | torch threads {torch.get_num_threads()}")
-    print(f"{'phase':<34} {'UNet evals':>10} {'seconds':>9} {'CPU s':>9} {'peak GB':>8}")
-    for label, evals, job in jobs:
-        grad = label.startswith("DNO")
-        with torch.set_grad_enabled(grad):
-            if gpu:
-                job()  # warm-up (kernel selection, allocator)
-            meters = []
-            for _ in range(repeats):
-                with Meter(args.device) as meter:
-                    job()
-                meters.append(meter)
+    print(f"{'phase':<38} {'UNet evals':>10} {'seconds':>9} {'CPU s':>9} {'peak GB':>8}")
+    results = {}
+    for label, job in jobs:
+        if gpu:
+            job()  # warm-up (kernel selection, allocator)
+        meters = []
+        for _ in range(repeats):
+            with Meter(args.device) as meter:
+                ledger = job()
+            meters.append(meter)
         best = min(meters, key=lambda m: m.seconds)
-        print(f"{label:<34} {evals:>10} {best.seconds:>9.2f} {best.cpu_seconds:>9.2f} {best.peak_gb:>8.2f}", flush=True)
-    print("UNet evals: forward evaluations (CFG counts two); CPU s: process CPU time (host side on a GPU)")
+        results[label] = best
+        evals = ledger.network_evaluations if isinstance(ledger, Ledger) else (2 if "denoiser" in label else 0)
+        print(f"{label:<38} {evals:>10} {best.seconds:>9.2f} {best.cpu_seconds:>9.2f} {best.peak_gb:>8.2f}", flush=True)
+    one, three = (results[f"DNO run, {dno_steps} steps, {n}"] for n in ("1 iteration", "3 iterations"))
+    print(f"{'=> DNO seconds per iteration':<38} {'':>10} {(three.seconds - one.seconds) / 2:>9.2f}")
+    print("UNet evals: network evaluations the ledger counted (CFG counts two; DNO's include the "
+          "checkpoint recomputation); CPU s: process CPU time (host side on a GPU)")
 
 
 if __name__ == "__main__":
