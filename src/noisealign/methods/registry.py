@@ -14,6 +14,7 @@ from typing import Any, Callable
 from ..configs import config_from_dict
 from .base import Method
 from .best_of_n import BestOfN, BestOfNConfig
+from .demon import DEMONS, LOOKAHEADS, Demon, DemonConfig
 from .dno import Dno, DnoConfig
 from .plain import Plain, PlainConfig
 
@@ -52,6 +53,43 @@ def _no_arguments(group: argparse._ArgumentGroup) -> None:
     """The shared sampler flags (--steps, --solver, --eta) are declared once, by plain."""
 
 
+def _tau(text: str) -> float | str:
+    if text == "adaptive":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is neither a number nor 'adaptive'") from None
+
+
+def _add_demon_arguments(group: argparse._ArgumentGroup) -> None:
+    defaults = DemonConfig()
+    group.add_argument("--demon", choices=DEMONS, default=defaults.demon,
+                       help="demon: weights b_k = tanh((r_k - mean r) / tau) or softmax(r / tau)")
+    group.add_argument("--K", type=int, default=defaults.K,
+                       help="demon: candidate noises per step, i.e. reward queries per demon step. "
+                            "A budget B pays for floor(B / K) demon steps, taken from sigma_max down; "
+                            "the rest of the grid (and everything below --ode-after) runs the ODE "
+                            "without queries. B must be at least K")
+    group.add_argument("--beta", type=float, default=defaults.beta, help="demon: noise level of the reverse SDE")
+    group.add_argument("--tau", type=_tau, default=defaults.tau,
+                       help="demon: weight temperature, a number or 'adaptive' (each step's reward std)")
+    group.add_argument("--lookahead", choices=LOOKAHEADS, default=defaults.lookahead,
+                       help="demon: clean estimate each candidate is scored on: ODE to sigma_min (Heun), "
+                            "Tweedie D(x, sigma) (one call), or the model's consistency model")
+    group.add_argument("--lookahead-steps", type=int, default=defaults.lookahead_steps,
+                       help="demon: Heun steps of the ODE look-ahead from sigma_max (fewer further down)")
+    group.add_argument("--ode-after", type=float, default=None,
+                       help="demon: sigma below which to finish with the ODE (default: the paper's 0.11 "
+                            "on SD's 14.6..0.002 grid, moved to the same Karras position of the model's range)")
+
+
+def _demon_config(args: argparse.Namespace) -> DemonConfig:
+    steps = DemonConfig.grid_points if args.steps is None else args.steps
+    return DemonConfig(demon=args.demon, K=args.K, beta=args.beta, tau=args.tau, lookahead=args.lookahead,
+                       lookahead_steps=args.lookahead_steps, ode_after=args.ode_after, grid_points=steps)
+
+
 def _add_dno_arguments(group: argparse._ArgumentGroup) -> None:
     d = DnoConfig()
     group.add_argument("--dno-mode", choices=["auto", "grad", "zo", "hybrid"], default=d.mode,
@@ -83,6 +121,8 @@ METHODS: dict[str, MethodEntry] = {
                          _plain_config, _add_sampler_arguments, needs_budget=False),
     "best-of-n": MethodEntry("N = budget plain samples, keep the best (N queries)", BestOfN, BestOfNConfig,
                              lambda a: BestOfNConfig(sampler=_plain_config(a)), _no_arguments, needs_budget=True),
+    "demon": MethodEntry("sampling demons: K scored candidate noises per SDE step, floor(budget / K) steps",
+                         Demon, DemonConfig, _demon_config, _add_demon_arguments, needs_budget=True),
     "dno": MethodEntry("optimize every sampler noise by gradient, zo or hybrid estimates (1 or q+1 queries "
                        "per step)", Dno, DnoConfig, _dno_config, _add_dno_arguments, needs_budget=True),
 }

@@ -1,0 +1,219 @@
+"""Demon (tanh, Boltzmann) against Best-of-N at equal reward queries, on the bundled digits model.
+
+The unconditional digits model is aligned toward `digit:N` for several target digits and
+seeds (and toward the non-differentiable `jpeg` at a couple of budgets). Every number is the
+reward of the method's final output, measured outside its budget.
+
+Both curves are computed once per (reward, seed) for all budgets, exactly:
+- Demon with budget B takes min(steps above ode_after, B // K) demon steps from sigma_max
+  down, then the ODE. Runs with different budgets share their first steps bit for bit, so
+  one trajectory is branched into the ODE at each budget's step count; `check_exact`
+  compares a branch with a separate `--method demon` run.
+- Best-of-N with budget n keeps the best of plain samples 0..n-1 of the seed's streams, so
+  the max over the first n of one pool of 4x the largest budget is every Best-of-n at once
+  (also checked against the method). Its seconds are n times the pool's per-sample cost.
+
+Best-of-1 is the plain sample of the seed (the run's baseline).
+Goal: demon-tanh with budget B reaches at least the mean reward Best-of-N reaches with 4B.
+
+Writes benchmarks/results/demon_vs_best_of_n.csv (means over targets x seeds),
+demon_vs_best_of_n_runs.csv (every run), demon_vs_best_of_n_queries.png and
+demon_vs_best_of_n_seconds.png.
+
+    PYTHONPATH=src python benchmarks/demon_vs_best_of_n.py [--workers 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import torch
+
+from noisealign.align import align, evaluate
+from noisealign.budget import Ledger
+from noisealign.methods.base import Problem, RunContext
+from noisealign.methods.best_of_n import BestOfN
+from noisealign.methods.demon import Demon, DemonConfig, DemonSession
+from noisealign.methods.plain import PlainConfig, sample_plain
+from noisealign.models.registry import load_model
+from noisealign.rewards.registry import parse_reward
+
+RESULTS = Path(__file__).parent / "results"
+STEM = "demon_vs_best_of_n"
+
+
+DIGIT_DEMONS = {"demon-tanh": DemonConfig(demon="tanh"), "demon-boltzmann": DemonConfig(demon="boltzmann")}
+JPEG_DEMONS = {"demon-tanh": DemonConfig(demon="tanh"),
+               "demon-tanh-late": DemonConfig(demon="tanh", grid_points=20, ode_after=0.01)}
+"""The defaults; for JPEG size, which fine detail decides, also demon steps down to sigma 0.01."""
+
+
+def demon_curve(task: tuple[str, DemonConfig, str, int, tuple[int, ...]]) -> list[dict]:
+    """Demon runs of every budget for one (config, reward, seed), branched off one trajectory."""
+    name, config, spec, seed, budgets = task
+    torch.set_num_threads(1)
+    problem = Problem(load_model("digits"), parse_reward(spec))
+    context = RunContext(problem, seed, Ledger())
+    runs, tail_seconds, tail_nfe = [], 0.0, 0
+    with torch.inference_mode():
+        session = DemonSession(context, config)
+        steps = {b: min(session.stochastic_steps_left, b // config.K) for b in budgets}
+        while True:
+            for budget in [b for b, n in steps.items() if n == len(session.chosen)]:
+                began, nfe = time.perf_counter(), context.ledger.nfe
+                output = problem.model.decode(session.finish())
+                tail_seconds += time.perf_counter() - began
+                tail_nfe += context.ledger.nfe - nfe
+                runs.append({"method": name, "reward": spec, "seed": seed, "budget": budget,
+                             "queries": context.ledger.reward_queries,
+                             "final_reward": float(evaluate(problem, output)[0]),
+                             "seconds": context.ledger.seconds - tail_seconds + (time.perf_counter() - began),
+                             "nfe": context.ledger.nfe - tail_nfe + (context.ledger.nfe - nfe),
+                             "degenerate_steps": session.degenerate_steps})
+            if len(session.chosen) == max(steps.values()):
+                return runs
+            session.choose(context.score(session.propose()))
+
+
+def best_of_n_pool(seed: int, specs: list[str], size: int, chunk: int = 512) -> tuple[dict, dict]:
+    """Rewards of plain samples 0..size-1 of `seed` under each reward spec, and each spec's
+    seconds per sample (sampling plus that reward's scoring)."""
+    model = load_model("digits")
+    rewards = {spec: parse_reward(spec) for spec in specs}
+    context = RunContext(Problem(model, rewards[specs[0]]), seed, Ledger())
+    scores: dict[str, list[torch.Tensor]] = {spec: [] for spec in specs}
+    seconds = dict.fromkeys(["sampling", *specs], 0.0)
+    with torch.inference_mode():
+        for start in range(0, size, chunk):
+            began = time.perf_counter()
+            outputs = model.decode(sample_plain(context, range(start, min(start + chunk, size)), PlainConfig()))
+            seconds["sampling"] += time.perf_counter() - began
+            for spec, reward in rewards.items():
+                began = time.perf_counter()
+                scores[spec].append(reward(outputs, [""] * len(outputs)).float())
+                seconds[spec] += time.perf_counter() - began
+    per_sample = {spec: (seconds["sampling"] + seconds[spec]) / size for spec in specs}
+    return {spec: torch.cat(values) for spec, values in scores.items()}, per_sample
+
+
+def pool_runs(seed: int, budgets: dict[str, list[int]]) -> list[dict]:
+    """Best-of-n for every reward spec and every n in budgets[spec], from one pool of the seed."""
+    torch.set_num_threads(1)
+    scores, per_sample = best_of_n_pool(seed, list(budgets), max(max(b) for b in budgets.values()))
+    return [{"method": "best-of-n", "reward": spec, "seed": seed, "budget": n, "queries": n,
+             "final_reward": float(scores[spec][:n].max()), "seconds": per_sample[spec] * n, "nfe": None,
+             "degenerate_steps": None}
+            for spec, ns in budgets.items() for n in ns]
+
+
+def check_exact(spec: str, seed: int, budget: int, runs: list[dict]) -> None:
+    """A branched Demon run and a pooled Best-of-N equal the methods run on their own."""
+    problem = Problem(load_model("digits"), parse_reward(spec))
+    for method, name in ((Demon(DemonConfig(demon="tanh")), "demon-tanh"), (BestOfN(), "best-of-n")):
+        alone = align(problem, method, seed, budget).final_reward
+        shared = next(r["final_reward"] for r in runs
+                      if (r["method"], r["reward"], r["seed"], r["budget"]) == (name, spec, seed, budget))
+        assert math.isclose(alone, shared, rel_tol=1e-6, abs_tol=1e-6), (name, alone, shared)
+
+
+def summarize(runs: list[dict]) -> list[dict]:
+    groups: dict[tuple, list[dict]] = {}
+    for run in runs:
+        groups.setdefault((run["reward"].split(":")[0], run["method"], run["budget"]), []).append(run)
+    rows = []
+    for (family, method, budget), members in sorted(groups.items()):
+        rewards = torch.tensor([m["final_reward"] for m in members], dtype=torch.float64)
+        rows.append({"reward": family, "method": method, "budget": budget, "runs": len(members),
+                     "reward_mean": float(rewards.mean()),
+                     "reward_sem": float(rewards.std() / math.sqrt(len(members))) if len(members) > 1 else 0.0,
+                     "seconds_mean": sum(m["seconds"] for m in members) / len(members),
+                     "queries_mean": sum(m["queries"] for m in members) / len(members)})
+    return rows
+
+
+def plot(rows: list[dict], family: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    for axis, label in (("queries_mean", "reward queries"), ("seconds_mean", "seconds per sample (wall)")):
+        figure, ax = plt.subplots(figsize=(5.5, 4))
+        for method in sorted({r["method"] for r in rows}):
+            line = [r for r in rows if r["method"] == method and r["reward"] == family]
+            ax.errorbar([r[axis] for r in line], [r["reward_mean"] for r in line],
+                        yerr=[r["reward_sem"] for r in line], marker="o", capsize=3, label=method)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel(label)
+        ax.set_ylabel(f"mean final {family} reward (log-odds)")
+        ax.set_title(f"digits: Demon vs Best-of-N ({family}:N, mean over digits x seeds)", fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend()
+        figure.tight_layout()
+        figure.savefig(RESULTS / f"{STEM}_{axis.split('_')[0]}.png", dpi=120)
+        plt.close(figure)
+
+
+def write_csv(rows: list[dict], path: Path) -> None:
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--digits", type=int, nargs="+", default=[1, 3, 8])
+    parser.add_argument("--seeds", type=int, default=8)
+    parser.add_argument("--budgets", type=int, nargs="+", default=[64, 128, 256, 512, 1024, 2048])
+    parser.add_argument("--jpeg-budgets", type=int, nargs="+", default=[64, 256])
+    parser.add_argument("--workers", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    specs = [f"digit:{d}" for d in args.digits]
+    seeds = range(args.seeds)
+    budgets, jpeg_budgets = tuple(args.budgets), tuple(args.jpeg_budgets)
+    curves = [(name, config, spec, seed, budgets) for name, config in DIGIT_DEMONS.items()
+              for spec in specs for seed in seeds]
+    curves += [(name, config, "jpeg", seed, jpeg_budgets) for name, config in JPEG_DEMONS.items() for seed in seeds]
+    times_four = lambda bs: sorted({1} | {b * f for b in bs for f in (1, 4)})  # noqa: E731  (n = 1 is plain)
+    pooled = {**{spec: times_four(budgets) for spec in specs}, "jpeg": times_four(jpeg_budgets)}
+    started = time.perf_counter()
+    with ProcessPoolExecutor(args.workers) as pool:
+        pools = [pool.submit(pool_runs, seed, pooled) for seed in seeds]
+        runs = [run for runs in pool.map(demon_curve, curves, chunksize=1) for run in runs]
+        runs += [run for future in pools for run in future.result()]
+    print(f"{len(runs)} runs in {time.perf_counter() - started:.0f} s")
+    check_exact(specs[0], seed=1, budget=128, runs=runs)
+
+    rows = summarize(runs)
+    RESULTS.mkdir(exist_ok=True)
+    write_csv(runs, RESULTS / f"{STEM}_runs.csv")
+    write_csv(rows, RESULTS / f"{STEM}.csv")
+    plot(rows, "digit")
+    report(rows, args.budgets)
+
+
+def report(rows: list[dict], budgets: list[int]) -> None:
+    table = {(r["reward"], r["method"], r["budget"]): r for r in rows}
+    for family in sorted({r["reward"] for r in rows}):
+        print(f"\n{family}: mean final reward +- sem (mean seconds)")
+        for method in sorted({r["method"] for r in rows if r["reward"] == family}):
+            cells = [table.get((family, method, b)) for b in sorted({r["budget"] for r in rows if r["reward"] == family})]
+            print(f"{method:>16}: " + "  ".join(f"B={c['budget']}: {c['reward_mean']:.3f}+-{c['reward_sem']:.3f} "
+                                               f"({c['seconds_mean']:.2f}s)" for c in cells if c))
+    print("\ngoal: demon-tanh(B) >= best-of-n(4B)")
+    for b in budgets:
+        demon, best = table.get(("digit", "demon-tanh", b)), table.get(("digit", "best-of-n", 4 * b))
+        if demon and best:
+            verdict = "met" if demon["reward_mean"] >= best["reward_mean"] else "NOT met"
+            print(f"  B={b}: demon-tanh {demon['reward_mean']:.3f} vs best-of-{4 * b} {best['reward_mean']:.3f}: {verdict}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,292 @@
+"""Sampling demons: choose each injected noise of a beta-SDE from K scored candidates.
+
+Yeh, Lee, Chen, "Training-Free Diffusion Model Alignment with Sampling Demons" (ICLR 2025),
+algorithms.md section 2. At a step sigma -> sigma_next, K noises z_k give K candidates
+x_k = step(x, z_k); each is scored through a clean estimate, r_k = r(decode(c(x_k, sigma_next))),
+and the step is taken with z* = sqrt(N) normalize(sum_k b_k z_k), b the demon's weights.
+No gradient is ever taken, so any reward works (a classifier, JPEG size, a person's clicks).
+
+Departures from the official code, on purpose: D(x, sigma) is computed once per step and
+shared by the K candidates; the adaptive tau is the std of each step's own rewards (the
+official code freezes the first step's); rewards are used in float64.
+
+Noise streams (same seed, same bits): candidate slot k draws from the seed's stream k, so
+stream 0 yields z_T first and then candidate 0's noise at every step, exactly as a plain
+stochastic sampler's sample 0 draws them; the other streams' first draw is unused.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import partial
+
+import torch
+from torch import Tensor
+
+from ..budget import CountedDenoiser
+from ..engine import beta_sde_step, karras_sigmas, ode_lookahead, sample_beta_sde, sample_ode
+from ..engine.samplers import DenoiserFn
+from ..engine.schedules import karras_position
+from ..errors import NoiseAlignError
+from ..models.base import DiffusionModel
+from .base import MethodResult, RunContext, StepEvent
+
+PAPER_SIGMA_MAX, PAPER_SIGMA_MIN, PAPER_ODE_AFTER = 14.648, 0.002, 0.11
+"""The official code's Stable Diffusion grid and its switch to the ODE, for scaling ode_after."""
+
+DEMONS = ("tanh", "boltzmann")
+LOOKAHEADS = ("ode", "tweedie", "consistency")
+
+
+@dataclass(frozen=True)
+class DemonConfig:
+    """Options of Demon; defaults follow the paper's code (K 16, T 64, beta 0.1, c_steps 20).
+
+    demon: "tanh" (b_k = tanh((r_k - mean r) / tau)) or "boltzmann" (b = softmax(r / tau)).
+    K: candidates per step, i.e. reward queries per demon step.
+    beta: noise level of the reverse SDE (0 would make every candidate identical).
+    tau: weight temperature, a positive number or "adaptive" (the std of each step's rewards).
+    lookahead: the clean estimate c(x_k, sigma_next) scored: "ode" (Heun to sigma_min),
+        "tweedie" (D(x_k, sigma_next), one call) or "consistency" (the model's few-step estimate).
+    lookahead_steps: c_steps, the ODE look-ahead's Heun steps from sigma_max (fewer lower down).
+    ode_after: sigma below which the sampler finishes with the ODE, no queries. None: the sigma
+        at the same Karras position (rho 7) on the model's sigma range as the paper's 0.11 on
+        its 14.648 .. 0.002 grid, i.e. about 70% of the way from sigma_max to sigma_min.
+    grid_points: T, the Karras grid's points from sigma_max to sigma_min (then 0).
+    candidate_batch: most candidates whose look-aheads run as one batch (a memory bound).
+    """
+
+    demon: str = "tanh"
+    K: int = 16
+    beta: float = 0.1
+    tau: float | str = "adaptive"
+    lookahead: str = "ode"
+    lookahead_steps: int = 20
+    ode_after: float | None = None
+    grid_points: int = 64
+    candidate_batch: int = 64
+
+    def __post_init__(self) -> None:
+        problems = [
+            (self.demon not in DEMONS, f"--demon {self.demon!r}: choose {' or '.join(DEMONS)}"),
+            (self.K < 1, f"--K {self.K}: need at least 1 candidate per step"),
+            (not self.beta > 0, f"--beta {self.beta}: need beta > 0, or the K candidates coincide"),
+            (self.tau != "adaptive" and (isinstance(self.tau, str) or not self.tau > 0),
+             f"--tau {self.tau!r}: give a positive number or 'adaptive'"),
+            (self.lookahead not in LOOKAHEADS, f"--lookahead {self.lookahead!r}: choose {', '.join(LOOKAHEADS)}"),
+            (self.lookahead_steps < 1, f"--lookahead-steps {self.lookahead_steps}: need at least 1"),
+            (self.ode_after is not None and self.ode_after < 0, f"--ode-after {self.ode_after}: need sigma >= 0"),
+            (self.grid_points < 2, f"--steps {self.grid_points}: Demon needs at least 2 grid points"),
+            (self.candidate_batch < 1, f"candidate_batch {self.candidate_batch}: need at least 1"),
+        ]
+        for bad, message in problems:
+            if bad:
+                raise NoiseAlignError(f"bad demon option {message}")
+
+    def ode_after_sigma(self, model: DiffusionModel) -> float:
+        """The resolved ode_after on `model`'s sigma range (see the class docstring)."""
+        if self.ode_after is not None:
+            return self.ode_after
+        position = karras_position(PAPER_ODE_AFTER, PAPER_SIGMA_MIN, PAPER_SIGMA_MAX)
+        top, bottom = model.sigma_max ** (1 / 7), model.sigma_min ** (1 / 7)
+        return (top + position * (bottom - top)) ** 7
+
+
+def tanh_weights(rewards: Tensor, tau: float) -> Tensor:
+    """Tanh demon: b_k = tanh((r_k - mean r) / tau); low-reward noises get negative weight."""
+    return torch.tanh((rewards - rewards.mean()) / tau)
+
+
+def boltzmann_weights(rewards: Tensor, tau: float) -> Tensor:
+    """Boltzmann demon: b_k = exp(r_k / tau) / sum_j exp(r_j / tau)."""
+    return torch.softmax(rewards / tau, dim=0)
+
+
+WEIGHTS = {"tanh": tanh_weights, "boltzmann": boltzmann_weights}
+
+
+def rewards_tied(rewards: Tensor) -> bool:
+    """All rewards equal up to float32 rounding: they carry no preference."""
+    spread = float(rewards.max() - rewards.min())
+    return spread <= 8 * torch.finfo(torch.float32).eps * float(rewards.abs().max())
+
+
+def combine_noises(z: Tensor, weights: Tensor) -> Tensor | None:
+    """z* = sqrt(N) normalize(sum_k b_k z_k), N the elements of one state; None if the sum vanishes.
+
+    A standard normal in N dimensions lies near the sphere of radius sqrt(N), so z* stays a
+    plausible noise however the weights are scaled. z: (K, *shape), weights: (K,).
+    """
+    total = torch.tensordot(weights.to(device=z.device, dtype=torch.float64), z.to(torch.float64), dims=1)
+    norm = float(total.norm())
+    scale = float(weights.abs().sum()) * math.sqrt(total.numel())
+    if norm <= 1e-9 * scale or scale == 0:
+        return None
+    return (math.sqrt(total.numel()) / norm * total).to(z.dtype).unsqueeze(0)
+
+
+class DemonSession:
+    """Demon one step at a time, for the automatic reward and for a person alike.
+
+    `propose()` returns the decoded look-aheads of K fresh candidates of the current step;
+    `choose(rewards)` weighs their noises by those rewards (scores, or a person's clicks:
+    chosen +1, others -1), takes the step and returns its StepEvent; `finish()` integrates
+    the PF-ODE over the rest of the grid and returns the clean sample. `Demon.run` is this
+    loop with the run's reward.
+    """
+
+    def __init__(self, context: RunContext, config: DemonConfig):
+        self.context, self.config = context, config
+        model = context.model
+        self.sigmas = karras_sigmas(config.grid_points, model.sigma_min, model.sigma_max)
+        self.ode_after = config.ode_after_sigma(model)
+        self.lookahead = _make_lookahead(context, config)
+        self.streams = context.noise_streams(range(config.K))
+        self.z_T = self.streams.draw()[:1]
+        self.x = model.prior_std(float(self.sigmas[0])) * self.z_T
+        self.index = 0                      # the grid position of x
+        self.chosen: list[Tensor] = []      # z* of every step taken
+        self.degenerate_steps = 0
+        self.tau: float | None = None       # the last step's temperature
+        self._pending: tuple[Tensor, Tensor] | None = None  # (z_k, denoised) of the proposed step
+
+    @property
+    def sigma(self) -> float:
+        return float(self.sigmas[self.index])
+
+    @property
+    def stochastic_steps_left(self) -> int:
+        """Steps left with sigma >= ode_after that end above 0 (the step into 0 is always the ODE's)."""
+        return sum(1 for i in range(self.index, len(self.sigmas) - 2) if float(self.sigmas[i]) >= self.ode_after)
+
+    def propose(self) -> Tensor:
+        """Decoded clean estimates c(x_k, sigma_next) of K candidates x_k = step(x, z_k), (K, ...)."""
+        if self.stochastic_steps_left == 0:
+            raise NoiseAlignError(f"no demon step left below sigma {self.sigma:.4g}; call finish()")
+        sigma, sigma_next = self.sigma, float(self.sigmas[self.index + 1])
+        denoised = self.context.denoiser(self.x, sigma)   # shared by all K candidates
+        z = self.streams.draw()
+        candidates = beta_sde_step(self.x, sigma, sigma_next, denoised, z, self.config.beta)
+        estimates = [self.lookahead(chunk, sigma_next) for chunk in candidates.split(self.config.candidate_batch)]
+        self._pending = (z, denoised)
+        return self.context.model.decode(torch.cat(estimates))
+
+    def choose(self, rewards: Tensor) -> StepEvent:
+        """Weigh the proposed noises by `rewards` (K,), take the step with z*, report it."""
+        if self._pending is None:
+            raise NoiseAlignError("choose() needs candidates: call propose() first")
+        z, denoised = self._pending
+        if rewards.shape != (len(z),):
+            raise NoiseAlignError(f"choose() needs {len(z)} rewards, one per candidate, got shape {tuple(rewards.shape)}")
+        z_star, tau, degenerate, max_weight = self._weigh(z, rewards.detach().to(torch.float64).cpu())
+        sigma, sigma_next = self.sigma, float(self.sigmas[self.index + 1])
+        event = StepEvent(step=self.index, sigma=sigma, x=self.x, denoised=denoised, rewards=rewards,
+                          extras={"tau": tau, "degenerate": float(degenerate), "max_weight": max_weight})
+        self.x = beta_sde_step(self.x, sigma, sigma_next, denoised, z_star, self.config.beta)
+        self.chosen.append(z_star)
+        self.degenerate_steps += degenerate
+        self.tau, self.index, self._pending = tau, self.index + 1, None
+        return event
+
+    def _weigh(self, z: Tensor, rewards: Tensor) -> tuple[Tensor, float, bool, float]:
+        """(z*, tau, degenerate, share of the largest |b_k|) of one step.
+
+        K = 1 has nothing to choose: the candidate's noise is used as drawn, so Demon with
+        K = 1 is plain beta-SDE sampling. Tied rewards, or weights whose sum of noises
+        vanishes, fall back to candidate 0's noise: a fresh standard normal, like plain.
+        """
+        if self.config.tau != "adaptive":
+            tau = float(self.config.tau)
+        else:  # re-estimated at every step; undefined for a single candidate
+            tau = float(rewards.std()) if len(rewards) > 1 else math.nan
+        if len(z) == 1:
+            return z[:1], tau, False, 1.0
+        if rewards_tied(rewards):
+            return z[:1], tau, True, 1.0
+        weights = WEIGHTS[self.config.demon](rewards, tau)
+        z_star = combine_noises(z, weights)
+        if z_star is None:
+            return z[:1], tau, True, 1.0
+        return z_star, tau, False, float(weights.abs().max() / weights.abs().sum())
+
+    def finish(self) -> Tensor:
+        """Integrate the PF-ODE (Heun) from the current sigma over the rest of the grid to 0."""
+        return sample_ode(self.context.denoiser, self.x, self.sigmas[self.index:], solver="heun")
+
+    def noises(self) -> dict[str, Tensor]:
+        """z_T and the z* of every step taken: with the grid, they regenerate the sample exactly
+        (sample_beta_sde over the first len(z_star) steps, then sample_ode)."""
+        shape = (0, *self.z_T.shape)
+        z_star = torch.stack(self.chosen) if self.chosen else self.z_T.new_zeros(shape)
+        return {"z_T": self.z_T, "z_star": z_star}
+
+
+def _make_lookahead(context: RunContext, config: DemonConfig) -> DenoiserFn:
+    """c(x, sigma) as a callable over a batch of candidates, its model calls counted."""
+    model = context.model
+    if config.lookahead == "ode":
+        return partial(_ode_lookahead, context.denoiser, model.sigma_min, model.sigma_max, config.lookahead_steps)
+    if config.lookahead == "tweedie":
+        return context.denoiser
+    estimate = getattr(model, "consistency_estimate", None)
+    if estimate is None or not getattr(model, "supports_consistency", True):
+        raise NoiseAlignError(f"model {model.name!r} offers no consistency (few-step) estimate; "
+                              "use --lookahead ode or --lookahead tweedie")
+    cond = model.encode_prompt(context.problem.prompt)
+
+    def consistency(x: Tensor, sigma: float) -> Tensor:
+        return estimate(x, torch.as_tensor(sigma, dtype=x.dtype, device=x.device), cond)
+
+    return CountedDenoiser(consistency, context.ledger)
+
+
+def _ode_lookahead(denoiser: DenoiserFn, sigma_min: float, sigma_max: float, steps: int,
+                   x: Tensor, sigma: float) -> Tensor:
+    return ode_lookahead(denoiser, x, sigma, sigma_min, sigma_max, steps)
+
+
+class Demon:
+    """Demon under a reward-query budget B: floor(B / K) demon steps at most, from sigma_max
+    down; the steps the budget cannot pay for, and those below ode_after, use the ODE."""
+
+    name = "demon"
+
+    def __init__(self, config: DemonConfig = DemonConfig()):
+        self.config = config
+
+    def run(self, context: RunContext) -> MethodResult:
+        """Spends K queries per demon step and none on the final sample.
+
+        MethodResult.reward is None: no query is spent scoring the final output (the caller
+        scores it outside the budget); info holds the last step's candidate rewards.
+        """
+        K = self.config.K
+        if context.ledger.queries_left < K:
+            raise NoiseAlignError(f"demon needs at least K = {K} reward queries for one step, got a budget of "
+                                  f"{context.ledger.queries_left}; raise --budget or lower --K")
+        last_rewards = None
+        with torch.inference_mode():
+            session = DemonSession(context, self.config)
+            while session.stochastic_steps_left > 0 and context.ledger.queries_left >= K:
+                last_rewards = context.score(session.propose())
+                context.observe(session.choose(last_rewards))
+            sample = session.finish()
+            output = context.model.decode(sample)
+        info = {"demon_steps": len(session.chosen), "degenerate_steps": session.degenerate_steps,
+                "final_tau": session.tau, "ode_after": session.ode_after,
+                "last_step_reward_mean": None if last_rewards is None else float(last_rewards.mean()),
+                "last_step_reward_max": None if last_rewards is None else float(last_rewards.max())}
+        return MethodResult(sample=sample, output=output, reward=None, noises=session.noises(), info=info)
+
+    def regenerate(self, context: RunContext, noises: dict[str, Tensor]) -> MethodResult:
+        """The sample again from its noises: the beta-SDE with the chosen z*, then the ODE. No queries."""
+        model, beta = context.model, self.config.beta
+        sigmas = karras_sigmas(self.config.grid_points, model.sigma_min, model.sigma_max)
+        z_T, z_star = noises["z_T"].to(context.device), noises["z_star"].to(context.device)
+        steps = len(z_star)
+        with torch.inference_mode():
+            x = model.prior_std(float(sigmas[0])) * z_T
+            x = sample_beta_sde(context.denoiser, x, sigmas[:steps + 1], list(z_star), beta)
+            sample = sample_ode(context.denoiser, x, sigmas[steps:], solver="heun")
+            return MethodResult(sample=sample, output=model.decode(sample))
