@@ -55,7 +55,9 @@ class DnoConfig:
     mode: "grad" | "zo" | "hybrid" | "auto" (grad for differentiable rewards, else hybrid).
     steps, eta: the DDIM-eta sampler whose noises are optimized (50 steps, eta = 1: DDPM).
     lr: Adam's step size (no weight decay). iterations: Adam steps (None: what the budget pays).
-    gamma: weight of the probability regularization (0: none; set it against the reward's scale).
+    gamma: weight of the probability regularization (0: none). Its gradient is zero while the
+        noise looks Gaussian, so 1 costs little (digit:3, 100 steps: -1% reward) and stops the
+        noise's gross drift; set it against the reward's scale.
     permutations: random reorderings the penalty averages over (besides the original order).
     grad_clip: max norm of the gradient over all optimized noise.
     q, mu: perturbations per step and their scale (zo and hybrid).
@@ -68,7 +70,7 @@ class DnoConfig:
     eta: float = 1.0
     lr: float = 1e-2
     iterations: int | None = None
-    gamma: float = 0.0
+    gamma: float = 1.0
     permutations: int = 16
     grad_clip: float = 1.0
     q: int = 16
