@@ -190,7 +190,7 @@ class Dno:
             return concentration_penalty(v, permutations=config.permutations)
 
         initial_penalty = float(penalty(variables.detach()))
-        best_reward, best_variables, best_iteration, history = -float("inf"), None, -1, []
+        best_reward, best_variables, best_iteration, initial_reward = -float("inf"), None, -1, None
         for t in range(steps_planned + 1):
             last = t == steps_planned
             needs_graph = not last and mode != "zo"
@@ -200,7 +200,7 @@ class Dno:
                                           *unstack_variables(variables, z, active), config.checkpointing)
                 reward = context.score(output if mode == "grad" else output.detach())  # (1,)
             value = float(reward.detach())
-            history.append(value)
+            initial_reward = value if t == 0 else initial_reward
             if value > best_reward:
                 best_reward, best_variables, best_iteration = value, variables.detach().clone(), t
             with torch.set_grad_enabled(not last and config.gamma > 0):
@@ -221,7 +221,7 @@ class Dno:
         sample, output = sample_from_noises(context.denoiser, model, config, saved)
         return MethodResult(sample=sample, output=output, reward=best_reward, noises=saved, info={
             "mode": mode, "iterations": steps_planned, "queries_per_iteration": cost,
-            "best_iteration": best_iteration, "initial_reward": history[0],
+            "best_iteration": best_iteration, "initial_reward": initial_reward,
             "optimized_noise_elements": variables.numel(),
             "penalty_initial": initial_penalty, "penalty_final": float(penalty(best_variables)),
             "penalty_last": float(penalty(variables.detach())),
