@@ -6,7 +6,8 @@
 
 curves:  reward of each iterate vs iteration, reward queries and seconds for grad, zo and
          hybrid at one query budget, on digits (digit:3 and jpeg) when the bundled digits model
-         is available, else on the 2-D gmm with a linear reward. -> results/dno_curves.{csv,png}
+         is available, else on the 2-D gmm with a linear reward; best-of-N at the same budget
+         as the reference. -> results/dno_curves.{csv,png}
 hacking: r(x) = x . v (unbounded) on Gaussian mixtures whose exact log-density is known, in
          2-D (n = 25 penalty rows at 50 steps) and 64-D (n = 800); gamma = 0 and > 0, against
          the log-density range of plain samples. -> results/dno_hacking*.{csv,png}
@@ -30,6 +31,7 @@ import torch
 from noisealign.budget import Ledger
 from noisealign.errors import NoiseAlignError
 from noisealign.methods.base import Problem, RunContext, StepEvent
+from noisealign.methods.best_of_n import BestOfN, BestOfNConfig
 from noisealign.methods.dno import Dno, DnoConfig
 from noisealign.methods.plain import PlainConfig, sample_plain
 from noisealign.models.gmm import GaussianMixture
@@ -72,36 +74,51 @@ def dno_trace(problem: Problem, config: DnoConfig, seed: int, budget: int | None
 
 # ---- 1. reward vs cost ---------------------------------------------------------------------
 
-def curve_targets() -> list[tuple[str, Problem, list[str]]]:
+def curve_targets() -> list[tuple[str, Problem, list[tuple[str, dict]]]]:
+    """(target, problem, [(run label, DnoConfig overrides)]). JPEG sizes of 8 x 8 digits move in
+    whole bytes, so mu = 0.01 perturbations rarely change them: a larger mu is run beside it."""
     from noisealign.models.registry import load_model
     from noisealign.rewards.registry import parse_reward
 
     try:
         digits = load_model("digits")
-        return [("digits digit:3", Problem(digits, parse_reward("digit:3")), ["grad", "zo", "hybrid"]),
-                ("digits jpeg", Problem(digits, parse_reward("jpeg")), ["zo", "hybrid"])]
     except (NoiseAlignError, ImportError, FileNotFoundError) as error:
         print(f"digits unavailable ({error}); curves on the 2-D gmm", file=sys.stderr)
         v = torch.tensor([1.0, 1.0]) / math.sqrt(2)
         gmm = GaussianMixture.default()
-        return [("gmm x.v", Problem(gmm, Linear(v)), ["grad"]),
-                ("gmm x.v (no gradient)", Problem(gmm, Linear(v, differentiable=False)), ["zo", "hybrid"])]
+        return [("gmm x.v", Problem(gmm, Linear(v)), [("grad", {"mode": "grad"})]),
+                ("gmm x.v (no gradient)", Problem(gmm, Linear(v, differentiable=False)),
+                 [("zo", {"mode": "zo"}), ("hybrid", {"mode": "hybrid"})])]
+    tuned = {"mu": 0.3, "lr": 0.05}
+    return [("digits digit:3", Problem(digits, parse_reward("digit:3")),
+             [(mode, {"mode": mode}) for mode in ("grad", "zo", "hybrid")]),
+            ("digits jpeg", Problem(digits, parse_reward("jpeg")),
+             [("zo", {"mode": "zo"}), ("hybrid", {"mode": "hybrid"}),
+              ("zo mu=0.3 lr=0.05", {"mode": "zo", **tuned}), ("hybrid mu=0.3 lr=0.05", {"mode": "hybrid", **tuned})])]
+
+
+def best_of_n_reward(problem: Problem, seed: int, args: argparse.Namespace) -> tuple[float, float]:
+    """Best-of-N at the same query budget, over eta = 1 samples of the same grid: (reward, seconds)."""
+    context = RunContext(problem, seed, Ledger(query_limit=args.budget))
+    result = BestOfN(BestOfNConfig(sampler=PlainConfig(steps=args.steps, eta=1.0))).run(context)
+    return result.reward, context.ledger.seconds
 
 
 def curves(args: argparse.Namespace) -> None:
-    rows = []
-    for target, problem, modes in curve_targets():
-        for mode in modes:
+    rows, references = [], {}
+    for target, problem, runs in curve_targets():
+        references[target] = [best_of_n_reward(problem, seed, args) for seed in range(args.seeds)]
+        for label, overrides in runs:
             for seed in range(args.seeds):
-                config = DnoConfig(mode=mode, steps=args.steps, q=args.q, lr=args.lr)
+                config = DnoConfig(**{"steps": args.steps, "q": args.q, "lr": args.lr, **overrides})
                 result, trace = dno_trace(problem, config, seed, args.budget)
-                rows += [{"target": target, "mode": mode, "seed": seed, **row} for row in trace]
-                print(f"{target:24s} {mode:7s} seed {seed}: {result.info['initial_reward']:8.3f} -> "
+                rows += [{"target": target, "mode": label, "seed": seed, **row} for row in trace]
+                print(f"{target:16s} {label:22s} seed {seed}: {result.info['initial_reward']:8.3f} -> "
                       f"{result.reward:8.3f} in {result.info['iterations']} steps, {trace[-1]['queries']} queries, "
                       f"{trace[-1]['seconds']:.0f} s", flush=True)
     write_csv(rows, RESULTS / "dno_curves.csv")
-    plot_curves(rows, RESULTS / "dno_curves.png")
-    print(curves_table(rows))
+    plot_curves(rows, references, RESULTS / "dno_curves.png")
+    print(curves_table(rows, references, args.budget))
 
 
 def _mean_by_iteration(rows: list[dict], key: str) -> tuple[list[float], list[float]]:
@@ -113,7 +130,7 @@ def _mean_by_iteration(rows: list[dict], key: str) -> tuple[list[float], list[fl
     return xs, ys
 
 
-def plot_curves(rows: list[dict], path: Path) -> None:
+def plot_curves(rows: list[dict], references: dict[str, list[tuple[float, float]]], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -128,16 +145,23 @@ def plot_curves(rows: list[dict], path: Path) -> None:
                 xs, ys = _mean_by_iteration(selected, key)
                 ax.plot(xs, ys, label=mode)
                 ax.set_xlabel(key if key != "queries" else "reward queries")
+        best_of_n = sum(r for r, _ in references[target]) / len(references[target])
+        for ax in row_axes:
+            ax.axhline(best_of_n, color="k", linestyle="--", linewidth=0.8, label="best-of-N, same budget")
         row_axes[0].set_ylabel(f"{target}\nreward (mean over seeds)")
         row_axes[0].legend()
     figure.tight_layout()
     figure.savefig(path, dpi=110)
 
 
-def curves_table(rows: list[dict]) -> str:
+def curves_table(rows: list[dict], references: dict[str, list[tuple[float, float]]], budget: int) -> str:
     lines = ["| target | mode | steps | queries | seconds | reward start | reward best | reward last |",
              "|---|---|---|---|---|---|---|---|"]
     keys = dict.fromkeys((r["target"], r["mode"]) for r in rows)
+    for target in dict.fromkeys(t for t, _ in keys):
+        pairs = references[target]
+        lines.append(f"| {target} | best-of-{budget} (eta=1) | | {budget} | {sum(s for _, s in pairs) / len(pairs):.0f} | "
+                     f"| {sum(r for r, _ in pairs) / len(pairs):.3f} | |")
     for target, mode in keys:
         selected = [r for r in rows if r["target"] == target and r["mode"] == mode]
         seeds = sorted({r["seed"] for r in selected})
@@ -300,7 +324,10 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=100, help="hacking: Adam steps")
     parser.add_argument("--gammas", type=float, nargs="+", default=[0.0, 1.0, 10.0], help="hacking: penalty weights")
     parser.add_argument("--plain", type=int, default=512, help="hacking: plain samples for the reference range")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (default 1: the tiny models run 10x+ slower with two on a busy 2-core CPU)")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     RESULTS.mkdir(parents=True, exist_ok=True)
     if args.part == "curves":
         curves(args)

@@ -35,6 +35,7 @@ def main() -> None:
     parser.add_argument("--no-checkpointing", action="store_true")
     parser.add_argument("--shape", default="4,32,32")
     args = parser.parse_args()
+    torch.set_num_threads(1)  # timings comparable on a busy shared CPU; memory does not depend on it
     model = RandomConvDenoiser(shape=tuple(int(s) for s in args.shape.split(",")))
     problem = Problem(model, Brightness())
     with torch.inference_mode():  # warm-up: allocator pools and kernels, outside the measured step

@@ -234,7 +234,7 @@ def test_zero_reward_gradient_leaves_every_iterate_unchanged():
     """End to end: with weight decay the noise would shrink even though r gives no gradient."""
     seen = []
     constant = Linear(torch.zeros(1, 8, 8))
-    run(TinyConv(), constant, iterations=3, steps=6, observer=seen.append)
+    run(TinyConv(), constant, iterations=3, steps=6, gamma=0.0, observer=seen.append)
     assert len(seen) == 4 and all(torch.equal(event.x, seen[0].x) for event in seen)
 
 
