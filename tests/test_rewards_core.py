@@ -71,3 +71,17 @@ def test_quoted_arguments_may_hold_dashes_and_plus_signs(monkeypatch):
     monkeypatch.setitem(registry.REWARDS, "probe", lambda argument: seen.append(argument) or Brightness())
     parse_reward("probe:'/m/models--org--x/a+b.pth'-0.5*probe:\"~/y-z\"")
     assert seen == ["/m/models--org--x/a+b.pth", "~/y-z"]
+
+
+def test_a_reward_moved_under_inference_mode_keeps_trainable_weights():
+    """Demon moves a reward's network under inference mode; DNO then needs its weights in autograd."""
+    from noisealign.rewards.base import follow
+
+    network = torch.nn.Linear(3, 1).requires_grad_(False)
+    with torch.inference_mode():
+        follow(network, torch.device("meta"))
+    assert network.weight.device.type == "meta" and not network.weight.is_inference()
+    bare = torch.nn.Linear(3, 1).requires_grad_(False)
+    with torch.inference_mode():
+        bare.to("meta")                         # what a bare move does: the bug `follow` avoids
+    assert bare.weight.is_inference()

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Protocol, Sequence, runtime_checkable
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 
 @runtime_checkable
@@ -35,3 +35,14 @@ class WeightedSum:
         for weight, reward in self.terms:
             total = total + weight * reward(outputs, prompts).to(total)
         return total
+
+
+def follow(module: nn.Module, device: torch.device) -> None:
+    """Move a reward's network to the outputs' device, outside inference mode.
+
+    A move made under inference mode (Demon, Best-of-N, the run's reporting) would turn the
+    weights into inference tensors that a later differentiable call (DNO) cannot use.
+    """
+    if next(module.parameters()).device != device:
+        with torch.inference_mode(False):
+            module.to(device)

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import NoiseAlignError
+from .base import follow  # noqa: F401  (re-exported for the CLIP-based rewards)
 from .hub import pretrained
 
 # OpenAI CLIP's normalization, also used by open_clip ViT-H-14, PickScore, HPSv2 and BLIP/ImageReward.
@@ -56,13 +57,6 @@ def prompt_list(prompts: Sequence[str] | str, batch: int) -> list[str]:
         raise NoiseAlignError(f"a text-image reward got {len(prompts)} prompts for {batch} images; "
                               "pass one prompt per image")
     return prompts
-
-
-def follow(module: nn.Module, device: torch.device) -> None:
-    """Move a cached model to `device`, outside inference mode so its weights stay usable by autograd."""
-    if next(module.parameters()).device != device:
-        with torch.inference_mode(False):
-            module.to(device)
 
 
 def frozen(module: nn.Module) -> nn.Module:

@@ -9,6 +9,7 @@ from torch import Tensor
 
 from ..errors import NoiseAlignError
 from ..weights import load_bundled_weights
+from .base import follow
 from .digit_classifier import DigitClassifier, DigitClassifierConfig
 
 DIGITS = tuple(str(d) for d in range(10))
@@ -39,7 +40,7 @@ class DigitLogOdds:
         return cls(int(argument), classifier)
 
     def __call__(self, outputs: Tensor, prompts: Sequence[str]) -> Tensor:
-        self.classifier.to(outputs.device)
+        follow(self.classifier, outputs.device)
         logits = self.classifier(outputs.to(torch.float32))
         others = torch.cat([logits[:, :self.target], logits[:, self.target + 1:]], dim=1)
         return logits[:, self.target] - torch.logsumexp(others, dim=1)
