@@ -5,6 +5,7 @@ import torch
 
 from noisealign.errors import NoiseAlignError
 from noisealign.rewards.base import WeightedSum
+from noisealign.rewards import registry
 from noisealign.rewards.registry import parse_reward
 from noisealign.rewards.simple import Brightness, JpegCompressibility
 
@@ -63,3 +64,10 @@ def test_brightness_is_differentiable():
     images = _images().requires_grad_()
     Brightness()(images, [""] * 3).sum().backward()
     assert torch.allclose(images.grad, torch.full_like(images, 1 / (3 * 16 * 16)))
+
+
+def test_quoted_arguments_may_hold_dashes_and_plus_signs(monkeypatch):
+    seen = []
+    monkeypatch.setitem(registry.REWARDS, "probe", lambda argument: seen.append(argument) or Brightness())
+    parse_reward("probe:'/m/models--org--x/a+b.pth'-0.5*probe:\"~/y-z\"")
+    assert seen == ["/m/models--org--x/a+b.pth", "~/y-z"]

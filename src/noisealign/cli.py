@@ -33,14 +33,15 @@ def build_parser() -> argparse.ArgumentParser:
                     "image.png (aligned), baseline.png (plain sample, same seed), trace.csv and, where a "
                     "method optimizes or chooses noise, noise.pt.")
     generate.add_argument("--model", default="digits",
-                          help="digits (bundled, default), gmm, or a diffusers hub id / local folder")
+                          help="digits (bundled, default), gmm, or a diffusers hub id / local folder "
+                               "(SD 1.x/2.x, SDXL, SD-Turbo/SDXL-Turbo, SD3)")
     generate.add_argument("--prompt", default="",
                           help='text prompt; for digits a digit "0".."9" or "" (unconditional, default)')
     generate.add_argument("--negative-prompt", default="", help="negative prompt for guidance")
     generate.add_argument("--guidance", type=float, default=None, help="CFG scale (default: the model's)")
     generate.add_argument("--reward", default=None,
                           help="reward spec, e.g. digit:3, jpeg, brightness, digit:3+0.5*brightness "
-                               "(default: digit:3 for digits)")
+                               "(default: digit:3 for digits, aesthetic for diffusers models)")
     generate.add_argument("--method", default="best-of-n", choices=sorted(METHODS),
                           help="; ".join(f"{name}: {entry.summary}" for name, entry in METHODS.items()))
     generate.add_argument("--budget", type=int, default=256,
@@ -51,7 +52,13 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--out", default=None, help="run folder (default: a new folder under runs/); never overwritten")
     generate.add_argument("--device", default="cpu", help="torch device of the model, e.g. cuda")
     generate.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"], help="model precision")
+    generate.add_argument("--height", type=int, default=None, help="diffusers models: image height in pixels")
+    generate.add_argument("--width", type=int, default=None, help="diffusers models: image width in pixels")
+    generate.add_argument("--scheduler", choices=["ddim", "euler", "karras"], default=None,
+                          help="diffusers models: the plain sampler's sigma grid, as diffusers' DDIM or Euler "
+                               "scheduler would space it, or Karras (default: the checkpoint's own)")
     generate.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_vlm_arguments(generate.add_argument_group("vlm reward options (see docs/vlm.md)"))
     for name, entry in METHODS.items():
         entry.add_arguments(generate.add_argument_group(f"{name} options"))
 
@@ -61,6 +68,28 @@ def build_parser() -> argparse.ArgumentParser:
                     "RUN_DIR/regenerated.png (or .json) and say whether it equals the saved one bit for bit.")
     regenerate.add_argument("run_dir", help="a run folder written by `noisealign generate`")
     return parser
+
+
+def _add_vlm_arguments(group: argparse._ArgumentGroup) -> None:
+    group.add_argument("--vlm-base-url", help="OpenAI-compatible API root (env NOISEALIGN_VLM_BASE_URL)")
+    group.add_argument("--vlm-model", help="the judge's model name (env NOISEALIGN_VLM_MODEL)")
+    group.add_argument("--vlm-api-key-env", help="the environment variable holding the API key (never a flag)")
+    group.add_argument("--vlm-scenario", help="teacher, artist, researcher, journalist, or free text")
+    group.add_argument("--vlm-timeout-s", type=float, help="seconds per attempt (default 60)")
+    group.add_argument("--vlm-max-retries", type=int, help="attempts after the first (default 4)")
+    group.add_argument("--vlm-max-concurrency", type=int, help="requests in flight at once (default 4)")
+    group.add_argument("--vlm-requests-per-minute", type=float, help="rate limit, 0 for none (default)")
+    group.add_argument("--vlm-replay", help="answer from a run's vlm_log.jsonl instead of the endpoint")
+
+
+def _reward_registry(args: argparse.Namespace) -> dict:
+    """The reward registry with the vlm factory bound to the --vlm-* flags."""
+    from functools import partial
+
+    from .rewards.registry import REWARDS
+    from .rewards.vlm import vlm_options_from_args, vlm_reward
+
+    return {**REWARDS, "vlm": partial(vlm_reward, replay_from=args.vlm_replay, **vlm_options_from_args(args))}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -77,7 +106,7 @@ def _generate(args: argparse.Namespace) -> int:
     from .methods.base import Problem
     from .methods.registry import METHODS
     from .models.registry import load_model
-    from .rewards.registry import parse_reward
+    from .rewards.registry import parse_reward, reward_terms
     from .runs import Trace, create_run_dir, save_comparison_grid, save_noises, save_output, write_json
 
     entry = METHODS[args.method]
@@ -87,14 +116,17 @@ def _generate(args: argparse.Namespace) -> int:
         raise NoiseAlignError(f"--budget must be a positive number of reward queries for {args.method}, "
                               f"got {args.budget}")
     method = entry.build(args)
-    reward = parse_reward(args.reward) if args.reward else None  # a bad spec fails before any loading
-    model = load_model(args.model, device=args.device, dtype=args.dtype)
-    reward_spec = args.reward or DEFAULT_REWARDS.get(args.model)
-    if reward_spec is None:
-        raise NoiseAlignError(f"no default reward for model {args.model!r}; pass --reward, e.g. --reward aesthetic")
-    reward = reward or parse_reward(reward_spec)
+    registry = _reward_registry(args)
+    reward = parse_reward(args.reward, registry) if args.reward else None  # a bad spec fails before loading
+    model = load_model(args.model, device=args.device, dtype=args.dtype, height=args.height, width=args.width,
+                       scheduler=args.scheduler)
+    reward_spec = args.reward or DEFAULT_REWARDS.get(args.model, "aesthetic")
+    reward = reward or parse_reward(reward_spec, registry)
     problem = Problem(model, reward, args.prompt, args.negative_prompt, args.guidance)
     out = create_run_dir(args.out, args.method, args.seed)
+    for term in reward_terms(reward):
+        if hasattr(term, "attach_run_dir"):   # e.g. the VLM judge logs every request there
+            term.attach_run_dir(out)
     if args.reward is None:
         print(f"note: no --reward given; aligning the {args.model} model toward {reward_spec}", file=sys.stderr)
 
@@ -160,7 +192,8 @@ def _regenerate(run_dir: Path) -> int:
     method = METHODS[result["method"]].from_config(config["method"])
     if not hasattr(method, "regenerate"):
         raise NoiseAlignError(f"method {result['method']!r} cannot regenerate its samples")
-    model = load_model(result["model"], device=config["device"], dtype=config["dtype"])
+    model = load_model(result["model"], device=config["device"], dtype=config["dtype"], height=config["height"],
+                       width=config["width"], scheduler=config["scheduler"])
     problem = Problem(model, parse_reward(result["reward"]), result["prompt"], config["negative_prompt"],
                       config["guidance"])
     noises = torch.load(noise_path, weights_only=True)
@@ -174,7 +207,8 @@ def _regenerate(run_dir: Path) -> int:
 
 def _config(method, args: argparse.Namespace) -> dict:
     return {"method": asdict(method.config), "budget": args.budget, "guidance": args.guidance,
-            "negative_prompt": args.negative_prompt, "device": args.device, "dtype": args.dtype, "grid": args.grid}
+            "negative_prompt": args.negative_prompt, "device": args.device, "dtype": args.dtype, "height": args.height, "width": args.width,
+            "scheduler": args.scheduler, "grid": args.grid}
 
 
 def _progress(args: argparse.Namespace, budgeted: bool, seed: int) -> tqdm:

@@ -15,6 +15,7 @@ from ..configs import config_from_dict
 from .base import Method
 from .best_of_n import BestOfN, BestOfNConfig
 from .demon import DEMONS, LOOKAHEADS, Demon, DemonConfig
+from .dno import Dno, DnoConfig
 from .plain import Plain, PlainConfig
 
 
@@ -92,6 +93,32 @@ def _demon_config(args: argparse.Namespace) -> DemonConfig:
                        lookahead_steps=args.lookahead_steps, ode_after=args.ode_after, grid_points=steps)
 
 
+def _add_dno_arguments(group: argparse._ArgumentGroup) -> None:
+    d = DnoConfig()
+    group.add_argument("--dno-mode", choices=["auto", "grad", "zo", "hybrid"], default=d.mode,
+                       help="dno: gradient estimator; auto = grad for differentiable rewards, else hybrid")
+    group.add_argument("--lr", type=float, default=d.lr, help=f"dno: Adam step size (default {d.lr})")
+    group.add_argument("--iterations", type=int, default=None,
+                       help="dno: Adam steps (default: as many as --budget pays)")
+    group.add_argument("--gamma", type=float, default=d.gamma,
+                       help=f"dno: weight of the probability regularization (default {d.gamma})")
+    group.add_argument("--q", type=int, default=d.q, help=f"dno zo/hybrid: perturbations per step (default {d.q})")
+    group.add_argument("--mu", type=float, default=d.mu, help=f"dno zo/hybrid: perturbation scale (default {d.mu})")
+    group.add_argument("--micro-batch", type=int, default=d.micro_batch,
+                       help=f"dno zo/hybrid: perturbed samples run together (default {d.micro_batch})")
+    group.add_argument("--grad-clip", type=float, default=d.grad_clip,
+                       help=f"dno: max gradient norm over all noise (default {d.grad_clip})")
+    group.add_argument("--no-checkpointing", action="store_true",
+                       help="dno: keep every denoiser's activations (faster, memory grows with --steps)")
+
+
+def _dno_config(args: argparse.Namespace) -> DnoConfig:
+    d = DnoConfig()
+    return DnoConfig(mode=args.dno_mode, steps=args.steps or d.steps, eta=d.eta if args.eta is None else args.eta,
+                     lr=args.lr, iterations=args.iterations, gamma=args.gamma, grad_clip=args.grad_clip,
+                     q=args.q, mu=args.mu, checkpointing=not args.no_checkpointing, micro_batch=args.micro_batch)
+
+
 METHODS: dict[str, MethodEntry] = {
     "plain": MethodEntry("sample once, no alignment (0 reward queries)", Plain, PlainConfig,
                          _plain_config, _add_sampler_arguments, needs_budget=False),
@@ -99,4 +126,6 @@ METHODS: dict[str, MethodEntry] = {
                              lambda a: BestOfNConfig(sampler=_plain_config(a)), _no_arguments, needs_budget=True),
     "demon": MethodEntry("sampling demons: K scored candidate noises per SDE step, floor(budget / K) steps",
                          Demon, DemonConfig, _demon_config, _add_demon_arguments, needs_budget=True),
+    "dno": MethodEntry("optimize every sampler noise by gradient, zo or hybrid estimates (1 or q+1 queries "
+                       "per step)", Dno, DnoConfig, _dno_config, _add_dno_arguments, needs_budget=True),
 }

@@ -53,7 +53,8 @@ class DiffusionModel(Protocol):
         """Clean states to the outputs rewards score (images in [0, 1], B x C x H x W)."""
 
     def sigmas(self, steps: int) -> Tensor:
-        """The plain sampler's grid: `steps` decreasing sigmas followed by a final 0."""
+        """The plain sampler's grid: `steps` decreasing sigmas, then the last sigma: 0, or where the
+        mimicked scheduler stops (diffusers' DDIM with set_alpha_to_one=False ends at sigma ~0.029)."""
 
     def prior_std(self, sigma: float) -> float:
         """Scale of x_T = prior_std(sigma_T) * z: sigma for EDM models, sqrt(1 + sigma^2) for VP ones."""

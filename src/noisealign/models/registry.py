@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Callable
 
-from ..errors import NoiseAlignError
 from .base import DiffusionModel
 
 
@@ -26,9 +25,14 @@ MODELS: dict[str, Callable[[str, str], DiffusionModel]] = {
 }
 
 
-def load_model(name: str, device: str = "cpu", dtype: str = "fp32") -> DiffusionModel:
-    """A registered model by name; other names are reserved for diffusers pipelines (hub id or folder)."""
+def load_model(name: str, device: str = "cpu", dtype: str = "fp32", height: int | None = None,
+               width: int | None = None, scheduler: str | None = None) -> DiffusionModel:
+    """A registered model by name; any other name is a diffusers pipeline (hub id or folder).
+
+    height, width and scheduler apply to diffusers pipelines only (see load_diffusers_model).
+    """
     if name in MODELS:
         return MODELS[name](device, dtype)
-    raise NoiseAlignError(f"unknown model {name!r}; choose from {', '.join(sorted(MODELS))} "
-                          "(Stable Diffusion hub ids and local folders need the sd extra)")
+    from .diffusers_loading import load_diffusers_model  # imports diffusers only once it loads one
+
+    return load_diffusers_model(name, device, dtype, height=height, width=width, scheduler=scheduler)

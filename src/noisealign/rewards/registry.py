@@ -3,6 +3,9 @@
     spec  := term (('+' | '-') term)*
     term  := [number '*'] name [':' argument]
 
+An argument is letters, digits and `_ . , / =`, or any text in single or double quotes
+(a path with dashes: `aesthetic:'/models/models--org--head/head.pth'`).
+
 `digit:3+0.5*brightness`, `aesthetic-0.1*jpeg`. Each factory takes the argument string
 (or None) and returns a Reward.
 """
@@ -14,7 +17,13 @@ from typing import Callable
 
 from ..errors import NoiseAlignError
 from .base import Reward, WeightedSum
+from .aesthetic import Aesthetic
+from .clipscore import clipscore
+from .hpsv2 import hpsv2
+from .imagereward import ImageReward
+from .pickscore import pickscore
 from .simple import Brightness, Coordinate, JpegCompressibility
+from .vlm import vlm_reward
 
 RewardFactory = Callable[[str | None], Reward]
 
@@ -30,14 +39,24 @@ REWARDS: dict[str, RewardFactory] = {
     "jpeg": JpegCompressibility.from_argument,
     "brightness": Brightness.from_argument,
     "coordinate": Coordinate.from_argument,
+    "vlm": vlm_reward,
+    "aesthetic": Aesthetic.from_argument,
+    "pickscore": pickscore,
+    "hpsv2": hpsv2,
+    "imagereward": ImageReward.from_argument,
+    "clipscore": clipscore,
 }
 
 _TERM = re.compile(r"\s*(?P<sign>[+-])?\s*(?:(?P<weight>\d*\.?\d+(?:[eE][-+]?\d+)?)\s*\*\s*)?"
-                   r"(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::(?P<arg>[A-Za-z0-9_.,/=]*))?\s*")
+                   r"(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::(?P<arg>'[^']*'|\"[^\"]*\"|[A-Za-z0-9_.,/=]*))?\s*")
 
 
-def parse_reward(spec: str) -> Reward:
-    """Build a reward (or a weighted sum of rewards) from a spec string."""
+def parse_reward(spec: str, registry: dict[str, RewardFactory] | None = None) -> Reward:
+    """Build a reward (or a weighted sum of rewards) from a spec string.
+
+    `registry` replaces REWARDS, e.g. to bind command-line options to a factory.
+    """
+    registry = REWARDS if registry is None else registry
     if not spec or not spec.strip():
         raise NoiseAlignError("empty --reward; give a reward name such as digit:3 or jpeg")
     terms: list[tuple[float, Reward]] = []
@@ -48,11 +67,19 @@ def parse_reward(spec: str) -> Reward:
             raise NoiseAlignError(f"malformed reward spec {spec!r} at {spec[position:]!r}; "
                                   "write terms as [weight*]name[:argument] joined by + or -")
         name = match["name"]
-        if name not in REWARDS:
-            raise NoiseAlignError(f"unknown reward {name!r}; choose from {', '.join(sorted(REWARDS))}")
+        if name not in registry:
+            raise NoiseAlignError(f"unknown reward {name!r}; choose from {', '.join(sorted(registry))}")
         weight = float(match["weight"] or 1.0) * (-1.0 if match["sign"] == "-" else 1.0)
-        terms.append((weight, REWARDS[name](match["arg"])))
+        argument = match["arg"]
+        if argument and argument[0] in "'\"":
+            argument = argument[1:-1]
+        terms.append((weight, registry[name](argument)))
         position = match.end()
     if len(terms) == 1 and terms[0][0] == 1.0:
         return terms[0][1]
     return WeightedSum(terms, spec.strip())
+
+
+def reward_terms(reward: Reward) -> list[Reward]:
+    """The reward itself and, for a weighted sum, each of its terms."""
+    return [reward, *[term for _, term in getattr(reward, "terms", [])]]

@@ -1,0 +1,134 @@
+"""What every diffusers family shares: the prompt encoded once, the VAE decode, the network boundary.
+
+A family (diffusers_vp: SD 1.x/2.x/SDXL/Turbo; diffusers_flow: SD3) adds the one thing that
+differs, how its network's output becomes the EDM denoiser D(x, sigma, cond), and its grids.
+The sampler's state stays in float32 (or whatever the caller integrates in); only the
+network's input is cast to the model's dtype and its output cast back (as EDM does).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from ..errors import NoiseAlignError
+from .base import Conditioning, broadcast_condition
+
+Network = Callable[[Tensor, Tensor, dict], Tensor]
+"""network(x_in, timestep, cond) -> raw output (eps, v or flow velocity), one row per sample."""
+
+
+@dataclass(frozen=True)
+class FamilyDefaults:
+    """The plain sampler's settings, as diffusers' pipeline defaults for the family."""
+
+    steps: int
+    guidance: float
+
+
+class LatentDecoder:
+    """Latents (the scaled state x0) to images in [0, 1], as the family's pipeline decodes them.
+
+    SD / SDXL: z = x0 / scaling_factor (or x0 * latents_std / scaling_factor + latents_mean
+    where the VAE config has them); SD3: z = x0 / scaling_factor + shift_factor. Then
+    image = (vae.decode(z) + 1) / 2 clamped to [0, 1]. Decoded `chunk` samples at a time to
+    bound memory; differentiable (the caller chooses no_grad or not). A float16 VAE whose
+    config asks for it (force_upcast) decodes in float32, as the SDXL pipeline does.
+    """
+
+    def __init__(self, vae, chunk: int = 4):
+        self.vae, self.chunk = vae, chunk
+        config = vae.config
+        self.scaling = config.scaling_factor
+        self.shift = getattr(config, "shift_factor", None) or 0.0
+        mean, std = getattr(config, "latents_mean", None), getattr(config, "latents_std", None)
+        self.mean_std = None if mean is None or std is None else (
+            torch.tensor(mean).view(1, -1, 1, 1), torch.tensor(std).view(1, -1, 1, 1))
+        if vae.dtype == torch.float16 and getattr(config, "force_upcast", False):
+            vae.to(torch.float32)
+
+    def __call__(self, x0: Tensor) -> Tensor:
+        return torch.cat([self._decode(chunk) for chunk in x0.split(self.chunk)])
+
+    def _decode(self, x0: Tensor) -> Tensor:
+        if self.mean_std is not None:
+            mean, std = (t.to(x0) for t in self.mean_std)
+            latents = x0 * std / self.scaling + mean
+        else:
+            latents = x0 / self.scaling + self.shift
+        image = self.vae.decode(latents.to(self.vae.dtype), return_dict=False)[0]
+        return (image.float() / 2 + 0.5).clamp(0, 1)
+
+
+class LatentDiffusionModel:
+    """The shared half of a diffusers-backed DiffusionModel (see models/base.py).
+
+    Args:
+        name: hub id or folder, written to result.json.
+        network: the UNet / transformer behind a uniform call (see `Network`).
+        encoder: prompt -> batch-1 conditioning dict (run once per prompt, without gradient).
+        decoder: clean latents -> images.
+        sample_shape: (channels, height / f, width / f), f the VAE's downsampling factor.
+        defaults: the plain sampler's steps and guidance.
+        few_step: a distilled few-step model (SD-Turbo, SDXL-Turbo): its D is already a
+            one-step generator, which Demon's `consistency` look-ahead uses.
+    """
+
+    default_solver = "euler"  # one Euler step of the PF-ODE is DDIM(eta=0)
+
+    def __init__(self, name: str, network: Network, encoder: Callable[[str], Conditioning],
+                 decoder: LatentDecoder, sample_shape: tuple[int, ...], defaults: FamilyDefaults,
+                 device: torch.device, dtype: torch.dtype, few_step: bool = False):
+        self.name, self.network, self.encoder, self.decoder = name, network, encoder, decoder
+        self.sample_shape = sample_shape
+        self.default_steps, self.default_guidance = defaults.steps, defaults.guidance
+        self.device, self.dtype = device, dtype
+        self.supports_consistency = few_step
+
+    def encode_prompt(self, prompt: str) -> Conditioning:
+        """The pipeline's own text encoding of one prompt; "" is the unconditional prompt."""
+        with torch.no_grad():
+            return self.encoder(prompt)
+
+    def decode(self, x0: Tensor) -> Tensor:
+        return self.decoder(x0)
+
+    def consistency_estimate(self, x: Tensor, sigma: Tensor, cond: Conditioning) -> Tensor:
+        """c_consistency(x, sigma): the distilled model's one-step clean sample.
+
+        Adversarially distilled Turbo models are trained so that D(x, sigma) is a sharp
+        sample rather than the blurry posterior mean a base model's D is, so one call
+        suffices. Only few-step models have one (`supports_consistency`).
+        """
+        if not self.supports_consistency:
+            raise NoiseAlignError(f"{self.name} is not a few-step (Turbo) model, so it has no consistency "
+                                  "estimate; use the ode or tweedie look-ahead")
+        return self.denoise(x, sigma, cond)
+
+    def denoise(self, x: Tensor, sigma: Tensor, cond: Conditioning) -> Tensor:
+        raise NotImplementedError
+
+    def _run_network(self, x_in: Tensor, timestep: Tensor, cond: Conditioning) -> Tensor:
+        """The network at the model's dtype on a batch; the output comes back in x_in's dtype."""
+        cond = {k: v.to(self.dtype) for k, v in broadcast_condition(cond, len(x_in)).items()}
+        out = self.network(x_in.to(self.dtype), timestep, cond)
+        return out.to(x_in.dtype)
+
+
+def check_choice(what: str, value: str, choices: tuple[str, ...], name: str) -> None:
+    if value not in choices:
+        raise NoiseAlignError(f"unknown {what} {value!r} for {name}; choose from {', '.join(choices)}")
+
+
+def per_sample(sigma: Tensor | float, x: Tensor) -> Tensor:
+    """sigma as a (B,) tensor in x's dtype and device (a 0-d sigma is shared by the batch)."""
+    sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device)
+    return sigma.expand(len(x)) if sigma.ndim == 0 else sigma
+
+
+def as_image_shape(values: Tensor) -> Tensor:
+    """(B,) -> (B, 1, 1, 1), to broadcast a per-sample scalar over a latent."""
+    return values.reshape(-1, 1, 1, 1)

@@ -1,0 +1,241 @@
+"""The Stable Diffusion family wrappers against diffusers' own pipelines, on tiny random weights.
+
+Each tiny pipeline is saved to a temp folder and loaded by load_diffusers_model, the path a
+hub id takes once resolved. `plain` (our engine on model.sigmas, x_T = prior_std * z with z
+from torch.Generator().manual_seed(seed), CFG by models.base) must give diffusers' image.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+pytest.importorskip("diffusers")
+pytest.importorskip("transformers")
+
+import diffusers_tiny as tiny  # noqa: E402
+from noisealign.budget import Ledger  # noqa: E402
+from noisealign.engine import karras_sigmas, sample_ancestral, sample_ode  # noqa: E402
+from noisealign.errors import NoiseAlignError  # noqa: E402
+from noisealign.methods.base import Problem, RunContext  # noqa: E402
+from noisealign.methods.plain import Plain, PlainConfig  # noqa: E402
+from noisealign.models.base import make_denoiser  # noqa: E402
+from noisealign.models.diffusers_loading import load_diffusers_model  # noqa: E402
+from noisealign.models.registry import load_model  # noqa: E402
+from noisealign.rewards.registry import parse_reward  # noqa: E402
+
+TOLERANCE = 2 / 255
+PROMPT = "a cat"
+SEED = 3
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny networks run ~100x slower with two OpenMP threads on a shared, busy 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def pipelines():
+    """One tiny pipeline per architecture, built once; tests never modify them."""
+    built = {"sd": tiny.sd_pipeline("epsilon"), "sd-v": tiny.sd_pipeline("v_prediction"),
+             "sdxl": tiny.sdxl_pipeline(), "sdxl-stats": tiny.sdxl_pipeline(latents_stats=True),
+             "sdxl-turbo": tiny.sdxl_pipeline(timestep_spacing="trailing"),
+             "sd3": tiny.sd3_pipeline()}
+    for pipe in built.values():
+        pipe.set_progress_bar_config(disable=True)
+    return built
+
+
+def with_scheduler(pipe, scheduler_class: str, **overrides):
+    """A copy of the pipeline whose scheduler is swapped as a diffusers user does it:
+    SchedulerClass.from_config(pipe.scheduler.config)."""
+    import diffusers
+
+    scheduler = getattr(diffusers, scheduler_class).from_config(pipe.scheduler.config, **overrides)
+    assert all(scheduler.config[key] == value for key, value in overrides.items())
+    copy = type(pipe)(**{**pipe.components, "scheduler": scheduler})
+    copy.set_progress_bar_config(disable=True)
+    return copy
+
+
+def saved(pipe, tmp_path_factory, name: str) -> str:
+    folder = tmp_path_factory.mktemp(name)
+    pipe.save_pretrained(folder)
+    return str(folder)
+
+
+def ours(model, steps: int, guidance: float, eta: float = 0.0) -> torch.Tensor:
+    """`plain`: x_T then (for eta > 0) one noise per step from the seed's generator, as diffusers draws them."""
+    sigmas = model.sigmas(steps)
+    generator = torch.Generator().manual_seed(SEED)
+    shape = (1, *model.sample_shape)
+    x = model.prior_std(float(sigmas[0])) * torch.randn(shape, generator=generator)
+    denoiser = make_denoiser(model, PROMPT, guidance)
+    with torch.no_grad():
+        if eta == 0:
+            x0 = sample_ode(denoiser, x, sigmas, solver="euler")
+        else:
+            noises = [torch.randn(shape, generator=generator) for _ in range(len(sigmas) - 1)]
+            x0 = sample_ancestral(denoiser, x, sigmas, noises, eta)
+        return model.decode(x0)
+
+
+def theirs(pipe, steps: int, guidance: float, **kwargs) -> torch.Tensor:
+    return pipe(PROMPT, num_inference_steps=steps, guidance_scale=guidance, height=tiny.SIZE, width=tiny.SIZE,
+                generator=torch.Generator().manual_seed(SEED), output_type="pt", **kwargs).images
+
+
+# (pipeline, diffusers scheduler class, config overrides, our scheduler): every prediction type,
+# both VP grids (integer and fractional Euler timesteps, zero terminal SNR), SDXL's added
+# conditioning and VAE latent statistics, SD3's flow.
+CASES = {
+    "sd-eps-ddim": ("sd", "DDIMScheduler", {}, "ddim"),
+    "sd-eps-ddim-alpha-one": ("sd", "DDIMScheduler", {"set_alpha_to_one": True}, "ddim"),
+    "sd-v-ddim": ("sd-v", "DDIMScheduler", {}, "ddim"),
+    "sd-v-ddim-zero-snr": ("sd-v", "DDIMScheduler", {"rescale_betas_zero_snr": True, "timestep_spacing": "trailing"},
+                           "ddim"),
+    "sd-eps-euler-leading": ("sd", "EulerDiscreteScheduler", {"timestep_spacing": "leading"}, "euler"),
+    "sd-v-euler-linspace": ("sd-v", "EulerDiscreteScheduler", {"timestep_spacing": "linspace"}, "euler"),
+    "sdxl-euler": ("sdxl", "EulerDiscreteScheduler", {}, "euler"),
+    "sdxl-ddim": ("sdxl", "DDIMScheduler", {}, "ddim"),
+    "sdxl-vae-latents-stats": ("sdxl-stats", "EulerDiscreteScheduler", {}, "euler"),
+    "sd3-flow-euler": ("sd3", "FlowMatchEulerDiscreteScheduler", {}, "euler"),
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_plain_equals_diffusers(case, pipelines, tmp_path_factory):
+    family, scheduler_class, overrides, scheduler = CASES[case]
+    pipe = with_scheduler(pipelines[family], scheduler_class, **overrides)
+    model = load_diffusers_model(saved(pipe, tmp_path_factory, case), scheduler=scheduler)
+    expected = theirs(pipe, steps=3, guidance=5.0)
+    got = ours(model, steps=3, guidance=5.0)
+    assert got.shape == expected.shape == (1, 3, tiny.SIZE, tiny.SIZE)
+    assert (got - expected).abs().max() <= TOLERANCE
+
+
+def test_tolerance_discriminates(pipelines, tmp_path_factory):
+    """The tiny models are sensitive enough: guidance 1 instead of 5 already fails the check."""
+    pipe = with_scheduler(pipelines["sd"], "DDIMScheduler")
+    model = load_diffusers_model(saved(pipe, tmp_path_factory, "sd-guidance"), scheduler="ddim")
+    assert (ours(model, steps=3, guidance=1.0) - theirs(pipe, steps=3, guidance=5.0)).abs().max() > 2 * TOLERANCE
+
+
+@pytest.mark.parametrize("eta", [0.0, 1.0])
+def test_plain_method_equals_diffusers(eta, pipelines, tmp_path_factory):
+    """The `plain` method itself (noise streams, counted denoiser); eta = 1 is DDIM(eta=1) with
+    its per-step noises drawn from the seed's generator after x_T, as diffusers draws them."""
+    pipe = with_scheduler(pipelines["sd"], "DDIMScheduler")
+    model = load_model(saved(pipe, tmp_path_factory, "sd-plain"), scheduler="ddim")
+    problem = Problem(model, parse_reward("brightness"), PROMPT, guidance=5.0)
+    result = Plain(PlainConfig(steps=3, eta=eta)).run(RunContext(problem, SEED, Ledger()))
+    expected = theirs(pipe, steps=3, guidance=5.0, eta=eta)
+    assert (result.output - expected).abs().max() <= TOLERANCE
+
+
+def test_turbo_ancestral_equals_diffusers(pipelines, tmp_path_factory):
+    """SDXL-Turbo's own sampler (Euler ancestral, trailing spacing, guidance_scale 0 = no CFG)."""
+    pipe = with_scheduler(pipelines["sdxl-turbo"], "EulerAncestralDiscreteScheduler")
+    model = load_diffusers_model(saved(pipe, tmp_path_factory, "sdxl-turbo"))
+    assert model.default_steps == 1 and model.default_guidance == 1.0 and model.scheduler == "euler"
+    expected = theirs(pipe, steps=2, guidance=0.0)
+    assert (ours(model, steps=2, guidance=model.default_guidance, eta=1.0) - expected).abs().max() <= TOLERANCE
+    one_step = theirs(pipe, steps=1, guidance=0.0)  # the default: one step, whose noise is multiplied by 0
+    assert (ours(model, steps=1, guidance=model.default_guidance) - one_step).abs().max() <= TOLERANCE
+
+
+def test_consistency_estimate_only_for_few_step_models(pipelines, tmp_path_factory):
+    turbo = load_diffusers_model(saved(pipelines["sdxl-turbo"], tmp_path_factory, "sdxl-turbo-c"))
+    base = load_diffusers_model(saved(pipelines["sdxl"], tmp_path_factory, "sdxl-base"))
+    x = torch.randn(2, *turbo.sample_shape)
+    sigma = torch.tensor(3.0)
+    cond = turbo.encode_prompt(PROMPT)
+    assert turbo.supports_consistency and not base.supports_consistency
+    assert torch.equal(turbo.consistency_estimate(x, sigma, cond), turbo.denoise(x, sigma, cond))
+    with pytest.raises(NoiseAlignError, match="tweedie"):
+        base.consistency_estimate(x, sigma, cond)
+
+
+@pytest.mark.parametrize("family", ["sdxl", "sd3"])
+def test_batch_rows_are_independent(family, pipelines, tmp_path_factory):
+    """A batch with per-sample sigmas (Demon's K candidates) equals its rows run one at a time."""
+    model = load_diffusers_model(saved(pipelines[family], tmp_path_factory, family + "-batch"))
+    cond = model.encode_prompt(PROMPT)
+    x = torch.randn(2, *model.sample_shape, generator=torch.Generator().manual_seed(0))
+    sigma = torch.tensor([5.0, 0.5])
+    with torch.no_grad():
+        batch = model.denoise(x, sigma, cond)
+        rows = torch.cat([model.denoise(x[i:i + 1], sigma[i], cond) for i in range(2)])
+        assert torch.allclose(batch, rows, atol=1e-5)
+        model.decoder.chunk = 1
+        assert torch.allclose(model.decode(batch), torch.cat([model.decode(b[None]) for b in batch]), atol=1e-6)
+
+
+@pytest.mark.parametrize("family", ["sd", "sd3"])
+def test_karras_grid_and_bfloat16(family, pipelines, tmp_path_factory):
+    """The Karras grid spans the model's sigma range; bf16 networks keep the state and images float32."""
+    folder = saved(pipelines[family], tmp_path_factory, family + "-bf16")
+    exact, half = (load_diffusers_model(folder, dtype=d, scheduler="karras") for d in ("fp32", "bf16"))
+    sigmas = half.sigmas(4)
+    assert torch.allclose(sigmas, karras_sigmas(4, half.sigma_min, half.sigma_max))
+    assert half.sigma_min < 0.05 and half.sigma_max > 14
+    got, expected = ours(half, steps=3, guidance=5.0), ours(exact, steps=3, guidance=5.0)
+    assert got.dtype == torch.float32 and (got - expected).abs().max() < 0.1
+
+
+def test_gradient_reaches_the_noise_through_the_vae(pipelines, tmp_path_factory):
+    """DNO's path: d reward(decode(sample(x_T))) / d x_T, with no gradient kept for the weights."""
+    model = load_diffusers_model(saved(pipelines["sd"], tmp_path_factory, "sd-grad"))
+    sigmas = model.sigmas(2)
+    x_T = (model.prior_std(float(sigmas[0])) * torch.randn(1, *model.sample_shape)).requires_grad_()
+    image = model.decode(sample_ode(make_denoiser(model, PROMPT, 5.0), x_T, sigmas, solver="euler"))
+    image.mean().backward()
+    assert torch.isfinite(x_T.grad).all() and x_T.grad.abs().sum() > 0
+    assert all(p.grad is None for p in model.decoder.vae.parameters())
+
+
+def test_hub_id_resolves_to_its_cached_folder(pipelines, tmp_path, monkeypatch):
+    """A hub id is looked up in the HF cache (offline here) and loads like a folder; 'turbo' in it marks few-step."""
+    import huggingface_hub.constants as hub
+
+    repo = tmp_path / "models--tiny--sd-turbo"
+    pipelines["sd"].save_pretrained(repo / "snapshots" / ("0" * 40))
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0" * 40)
+    monkeypatch.setattr(hub, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setattr(hub, "HF_HUB_OFFLINE", True)
+    model = load_model("tiny/sd-turbo", scheduler="euler")
+    assert model.name == "tiny/sd-turbo" and model.supports_consistency and model.default_steps == 1
+    with pytest.raises(NoiseAlignError, match="'tiny/sd-base'.*HF_HOME.*local folder"):
+        load_model("tiny/sd-base")
+
+
+@pytest.mark.parametrize("name, options, message", [
+    ("digts", {}, "unknown model 'digts'"),
+    ("weights.safetensors", {}, "single-file checkpoint"),
+    ("{empty}", {}, "model_index.json"),
+    ("{flux}", {}, "FluxPipeline"),
+    ("{lcm}", {}, "guidance-embedded"),
+    ("{sd}", {"dtype": "fp8"}, "unknown dtype"),
+    ("{sd}", {"scheduler": "pndm"}, "unknown scheduler 'pndm'"),
+    ("{sd}", {"height": 20}, "divisible by 8"),
+])
+def test_bad_input_is_one_clear_error(name, options, message, pipelines, tmp_path_factory):
+    folders = {"empty": tmp_path_factory.mktemp("empty"), "flux": tmp_path_factory.mktemp("flux"),
+               "lcm": tmp_path_factory.mktemp("lcm")}
+    (folders["flux"] / "model_index.json").write_text(json.dumps({"_class_name": "FluxPipeline"}))
+    for file, config in [("model_index.json", {"_class_name": "StableDiffusionPipeline"}),
+                         ("scheduler/scheduler_config.json", {}), ("vae/config.json", {}),
+                         ("unet/config.json", {"time_cond_proj_dim": 256})]:
+        (folders["lcm"] / file).parent.mkdir(exist_ok=True)
+        (folders["lcm"] / file).write_text(json.dumps(config))
+    if "{sd}" in name:
+        folders["sd"] = saved(pipelines["sd"], tmp_path_factory, "sd-bad")
+    with pytest.raises(NoiseAlignError, match=message):
+        load_model(name.format(**folders), **options)
