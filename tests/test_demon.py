@@ -257,7 +257,7 @@ def test_default_beta_keeps_the_papers_beta_times_sigma_max():
 
 @pytest.mark.parametrize("budget,K", [(64, 4), (256, 16), (40, 8)])
 def test_fit_grid_is_the_smallest_grid_the_budget_covers_down_to_ode_after(budget, K):
-    config = fit_grid(DemonConfig(K=K), MODEL, budget)
+    config = fit_grid(DemonConfig(K=K, lookahead="tweedie"), MODEL, budget)
     ode_after = config.ode_after_for(MODEL)
     assert demon_steps_on(config.grid_points, MODEL, ode_after) >= budget // K
     assert demon_steps_on(config.grid_points - 1, MODEL, ode_after) < budget // K
@@ -295,3 +295,14 @@ def test_cli_entry_builds_the_config_from_flags():
     assert METHODS["demon"].build(parser.parse_args([])).config.tau == "adaptive"
     with pytest.raises(SystemExit):
         parser.parse_args(["--tau", "warm"])
+
+
+def test_jpeg_reward_on_the_digits_model():
+    from noisealign.models.digits import DigitsModel
+    from noisealign.rewards.registry import parse_reward
+
+    jpeg = parse_reward("jpeg")
+    assert not jpeg.differentiable
+    result, ledger, events = run_demon(fast(K=4, grid_points=12), budget=18, reward=jpeg, model=DigitsModel.load())
+    assert ledger.reward_queries == 16 and len(events) == 4
+    assert result.output.shape == (1, 1, 8, 8) and all(len(event.rewards) == 4 for event in events)
