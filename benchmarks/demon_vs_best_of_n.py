@@ -145,7 +145,7 @@ def plot(rows: list[dict], family: str) -> None:
 
     for axis, label in (("queries_mean", "reward queries"), ("seconds_mean", "seconds per sample (wall)")):
         figure, ax = plt.subplots(figsize=(5.5, 4))
-        for method in sorted({r["method"] for r in rows}):
+        for method in sorted({r["method"] for r in rows if r["reward"] == family}):
             line = [r for r in rows if r["method"] == method and r["reward"] == family]
             ax.errorbar([r[axis] for r in line], [r["reward_mean"] for r in line],
                         yerr=[r["reward_sem"] for r in line], marker="o", capsize=3, label=method)
@@ -174,7 +174,14 @@ def main() -> None:
     parser.add_argument("--budgets", type=int, nargs="+", default=[64, 128, 256, 512, 1024, 2048])
     parser.add_argument("--jpeg-budgets", type=int, nargs="+", default=[64, 256])
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--replot", action="store_true", help="redraw the plots and tables from the saved CSV")
     args = parser.parse_args()
+    if args.replot:
+        rows = [{k: v if k in ("reward", "method") else float(v) for k, v in row.items()}
+                for row in csv.DictReader(open(RESULTS / f"{STEM}.csv"))]
+        plot(rows, "digit")
+        report(rows, args.budgets)
+        return
     torch.set_num_threads(1)
     specs = [f"digit:{d}" for d in args.digits]
     seeds = range(args.seeds)
