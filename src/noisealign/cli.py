@@ -24,6 +24,7 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     from .methods.registry import METHODS
+    from .ui.launch import add_arguments as add_ui_arguments
 
     parser = _Parser(prog="noisealign", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -67,6 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Rebuild RUN_DIR's aligned sample from noise.pt and result.json, write "
                     "RUN_DIR/regenerated.png (or .json) and say whether it equals the saved one bit for bit.")
     regenerate.add_argument("run_dir", help="a run folder written by `noisealign generate`")
+
+    ui = commands.add_parser(
+        "ui", help="align a sample by hand: a local web page shows each Demon step's candidates, you choose",
+        description="Serve a local web page where you are Demon's reward: at each step choose the candidate "
+                    "images you prefer (chosen +1, others -1), undo, finish, download the run folder.")
+    add_ui_arguments(ui)
     return parser
 
 
@@ -95,6 +102,10 @@ def _reward_registry(args: argparse.Namespace) -> dict:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.command == "ui":
+            from .ui.launch import main as ui_main
+
+            return ui_main(args)
         return _generate(args) if args.command == "generate" else _regenerate(Path(args.run_dir))
     except NoiseAlignError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -20,6 +20,7 @@ from .base import Reward, WeightedSum
 from .aesthetic import Aesthetic
 from .clipscore import clipscore
 from .hpsv2 import hpsv2
+from .human import HumanChoice
 from .imagereward import ImageReward
 from .pickscore import pickscore
 from .simple import Brightness, Coordinate, JpegCompressibility
@@ -45,6 +46,7 @@ REWARDS: dict[str, RewardFactory] = {
     "hpsv2": hpsv2,
     "imagereward": ImageReward.from_argument,
     "clipscore": clipscore,
+    "human": HumanChoice.from_argument,
 }
 
 _TERM = re.compile(r"\s*(?P<sign>[+-])?\s*(?:(?P<weight>\d*\.?\d+(?:[eE][-+]?\d+)?)\s*\*\s*)?"

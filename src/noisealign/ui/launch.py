@@ -1,0 +1,141 @@
+"""The `noisealign ui` command: its flags, and starting (or resuming) a session and its server."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import webbrowser
+from dataclasses import replace
+
+from ..errors import NoiseAlignError
+from ..methods.demon import DEMONS, LOOKAHEADS, PAPER_SIGMA_MAX, DemonConfig
+from .server import UIServer, exposure_warning
+from .session import CHOICES_FILE, HumanSession, RunSpec, read_choices
+
+RUN_DEFAULTS = {
+    "model": "digits", "prompt": "", "negative_prompt": "", "guidance": None, "seed": 0,
+    "K": 8, "steps": 16, "beta": None, "demon": DemonConfig.demon, "lookahead": DemonConfig.lookahead,
+    "lookahead_steps": DemonConfig.lookahead_steps, "out": None, "device": "cpu", "dtype": "fp32",
+    "height": None, "width": None, "scheduler": None,
+}
+"""Options of a new run (beta None: `matched_beta`). With --resume they come from the run's
+choices.json instead, so the parser leaves them None and a given one is an error."""
+
+
+def matched_beta(sigma_max: float) -> float:
+    """The paper's beta = 0.1 moved to the model's noise range: beta * sigma_max held at 0.1 x 14.648.
+
+    beta multiplies sigma in the SDE's drift (1 + beta sigma) and its noise, so beta sigma is the
+    scale-free quantity; on a model whose sigma_max is 80 (digits) the paper's 0.1 makes the
+    first Euler-Maruyama steps overshoot badly on a short grid. Stable Diffusion keeps 0.1.
+    """
+    return DemonConfig.beta * PAPER_SIGMA_MAX / sigma_max
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    d = RUN_DEFAULTS
+    run = parser.add_argument_group("the run (with --resume, these come from RUN_DIR/choices.json)")
+    run.add_argument("--model", help=f"{d['model']} (bundled, default), or any image model `generate` takes")
+    run.add_argument("--prompt", help='text prompt; for digits a digit "0".."9" or "" (unconditional, default)')
+    run.add_argument("--negative-prompt", help="negative prompt for guidance")
+    run.add_argument("--guidance", type=float, help="CFG scale (default: the model's)")
+    run.add_argument("--K", type=int, help=f"candidates shown per step (default {d['K']})")
+    run.add_argument("--steps", type=int,
+                     help=f"Karras grid points (default {d['steps']}); the upper ~70%% of them are your choices, "
+                          "the rest runs the ODE")
+    run.add_argument("--beta", type=float,
+                     help="noise level of the reverse SDE (default: the paper's 0.1 at Stable Diffusion's sigma_max "
+                          "14.6, scaled to the model's: 0.1 x 14.6 / sigma_max, 0.018 for digits)")
+    run.add_argument("--demon", choices=DEMONS, help=f"weights from your +1/-1 (default {d['demon']})")
+    run.add_argument("--lookahead", choices=LOOKAHEADS,
+                     help="what each candidate image shows: its ODE solution (ode, default), D(x, sigma) "
+                          "(tweedie, one call, blurrier) or the model's few-step estimate (consistency)")
+    run.add_argument("--lookahead-steps", type=int,
+                     help=f"Heun steps of the ODE look-ahead (default {d['lookahead_steps']})")
+    run.add_argument("--seed", type=int, help="same seed and same choices, same image (default 0)")
+    run.add_argument("--out", help="run folder (default: a new folder under runs/); never overwritten")
+    run.add_argument("--device", help="torch device of the model, e.g. cuda (default cpu)")
+    run.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], help="model precision (default fp32)")
+    run.add_argument("--height", type=int, help="diffusers models: image height in pixels")
+    run.add_argument("--width", type=int, help="diffusers models: image width in pixels")
+    run.add_argument("--scheduler", choices=["ddim", "euler", "karras"],
+                     help="diffusers models: the baseline's grid (Demon always steps on a Karras grid)")
+    serve = parser.add_argument_group("the server")
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="address to listen on (default 127.0.0.1: this machine only; anything else is exposed)")
+    serve.add_argument("--port", type=int, default=0, help="port (default 0: a free one, printed with the URL)")
+    serve.add_argument("--no-browser", action="store_true", help="print the URL, do not open a browser")
+    serve.add_argument("--resume", metavar="RUN_DIR",
+                       help=f"continue a run of `noisealign ui` from RUN_DIR/{CHOICES_FILE} (its choices are replayed)")
+    serve.add_argument("--finish", action="store_true",
+                       help="with --resume: replay the choices, finish the run (ODE to the end) and exit, no server")
+
+
+def main(args: argparse.Namespace) -> int:
+    """Start or resume the session, serve it until Ctrl-C, say where the run folder is."""
+    if not 0 <= args.port <= 65535:
+        raise NoiseAlignError(f"--port {args.port} is not a port; give 1..65535, or 0 for a free one")
+    if args.finish and not args.resume:
+        raise NoiseAlignError("--finish finishes a saved run; give it with --resume RUN_DIR")
+    session = _resume(args) if args.resume else _start(args)
+    if args.finish:
+        if not session.finished:
+            session.finish()
+        print(f"finished after {len(session.choices)} chosen steps: {session.run_dir}", flush=True)
+        return 0
+    try:
+        server = UIServer(session, args.host, args.port)
+    except OSError as error:
+        raise NoiseAlignError(f"cannot listen on {args.host}:{args.port} ({error.strerror or error}); "
+                              "choose another --port, or 0 for a free one") from None
+    warning = exposure_warning(args.host)
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
+    print(f"noisealign ui: open {server.url}", flush=True)
+    print(f"run folder: {session.run_dir} (Ctrl-C stops the server; the run folder is kept)", flush=True)
+    if not args.no_browser:
+        webbrowser.open(server.url)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+    if session.finished:
+        print(f"finished: {session.run_dir}", flush=True)
+    else:
+        print(f"stopped after {len(session.choices)} chosen steps; continue with "
+              f"`noisealign ui --resume {session.run_dir}`", flush=True)
+    return 0
+
+
+def _start(args: argparse.Namespace) -> HumanSession:
+    from ..methods.base import Problem
+    from ..rewards.human import HumanChoice
+
+    v = {name: default if getattr(args, name) is None else getattr(args, name)
+         for name, default in RUN_DEFAULTS.items()}
+    beta = DemonConfig.beta if v["beta"] is None else v["beta"]
+    config = DemonConfig(demon=v["demon"], K=v["K"], beta=beta, lookahead=v["lookahead"],
+                         lookahead_steps=v["lookahead_steps"], grid_points=v["steps"])  # bad options fail here
+    spec = RunSpec(v["model"], device=v["device"], dtype=v["dtype"], height=v["height"], width=v["width"],
+                   scheduler=v["scheduler"])
+    model = spec.load_model()
+    if v["beta"] is None:
+        config = replace(config, beta=matched_beta(model.sigma_max))
+    problem = Problem(model, HumanChoice(), v["prompt"], v["negative_prompt"], v["guidance"])
+    return HumanSession.start(problem, config, v["seed"], v["out"], spec)
+
+
+def _resume(args: argparse.Namespace) -> HumanSession:
+    given = [f"--{name.replace('_', '-')}" for name in RUN_DEFAULTS if getattr(args, name) is not None]
+    if given:
+        raise NoiseAlignError(f"--resume takes the run's options from {CHOICES_FILE}; drop {', '.join(given)}")
+    saved = len(read_choices(args.resume)["choices"])
+    print(f"replaying the {saved} choices saved in {args.resume} ...", file=sys.stderr, flush=True)
+    session = HumanSession.resume(args.resume)
+    if session.replay_diverged_at is not None:
+        print(f"WARNING: replaying {args.resume} gave a different state from step {session.replay_diverged_at} on "
+              "(another torch version or device?); the images you see now differ from the ones chosen",
+              file=sys.stderr, flush=True)
+    return session
