@@ -18,7 +18,7 @@ from noisealign.engine.schedules import karras_position
 from noisealign.errors import NoiseAlignError, NonFiniteReward
 from noisealign.methods.base import Problem, RunContext
 from noisealign.methods.demon import (Demon, DemonConfig, DemonSession, boltzmann_weights, combine_noises,
-                                      tanh_weights)
+                                      demon_steps_on, fit_grid, tanh_weights)
 from noisealign.methods.registry import METHODS
 from noisealign.models.base import make_denoiser
 from noisealign.models.gmm import GaussianMixture
@@ -95,7 +95,8 @@ def test_budget_is_never_exceeded_and_maps_onto_floor_b_over_k_steps(budget, K):
     config = fast(K=K)
     result, ledger, events = run_demon(config, budget=budget)
     sigmas = karras_sigmas(config.grid_points, MODEL.sigma_min, MODEL.sigma_max)
-    above = sum(1 for s in sigmas[:-2] if float(s) >= config.ode_after_sigma(MODEL))
+    above = sum(1 for s in sigmas[:-2] if float(s) >= config.ode_after_for(MODEL))
+    assert demon_steps_on(config.grid_points, MODEL, config.ode_after_for(MODEL)) == above == 17
     steps = min(above, budget // K)
     assert ledger.reward_queries <= budget
     assert ledger.reward_queries == K * steps == K * len(events)
@@ -232,15 +233,36 @@ def test_bad_options_are_clear_errors(options):
         DemonConfig(**options)
 
 
-def test_default_ode_after_sits_at_the_papers_karras_position():
-    class PaperRange:
-        sigma_min, sigma_max = 0.002, 14.648
+class PaperRange:
+    """The sigma range of the paper's Stable Diffusion grid."""
 
-    assert DemonConfig().ode_after_sigma(PaperRange) == pytest.approx(0.11, rel=1e-12)
-    ours = DemonConfig().ode_after_sigma(MODEL)
+    sigma_min, sigma_max = 0.002, 14.648
+
+
+def test_default_ode_after_sits_at_the_papers_karras_position():
+    assert DemonConfig().ode_after_for(PaperRange) == pytest.approx(0.11, rel=1e-12)
+    ours = DemonConfig().ode_after_for(MODEL)
     paper = karras_position(0.11, 0.002, 14.648)
     assert karras_position(ours, MODEL.sigma_min, MODEL.sigma_max) == pytest.approx(paper, rel=1e-12)
-    assert DemonConfig(ode_after=0.5).ode_after_sigma(MODEL) == 0.5
+    assert DemonConfig(ode_after=0.5).ode_after_for(MODEL) == 0.5
+
+
+def test_default_beta_keeps_the_papers_beta_times_sigma_max():
+    assert DemonConfig().beta_for(PaperRange) == pytest.approx(0.1, rel=1e-12)
+    assert DemonConfig().beta_for(MODEL) * MODEL.sigma_max == pytest.approx(0.1 * 14.648, rel=1e-12)
+    assert DemonConfig(beta=0.3).beta_for(MODEL) == 0.3
+    result, _, _ = run_demon(fast(), budget=8)
+    assert result.info["beta"] == DemonConfig().beta_for(MODEL)
+
+
+@pytest.mark.parametrize("budget,K", [(64, 4), (256, 16), (40, 8)])
+def test_fit_grid_is_the_smallest_grid_the_budget_covers_down_to_ode_after(budget, K):
+    config = fit_grid(DemonConfig(K=K, lookahead="tweedie"), MODEL, budget)
+    ode_after = config.ode_after_for(MODEL)
+    assert demon_steps_on(config.grid_points, MODEL, ode_after) >= budget // K
+    assert demon_steps_on(config.grid_points - 1, MODEL, ode_after) < budget // K
+    result, ledger, _ = run_demon(config, budget=budget)
+    assert result.info["demon_steps"] == budget // K and ledger.reward_queries == K * (budget // K)
 
 
 def test_consistency_lookahead_needs_a_model_that_offers_it():
@@ -273,3 +295,14 @@ def test_cli_entry_builds_the_config_from_flags():
     assert METHODS["demon"].build(parser.parse_args([])).config.tau == "adaptive"
     with pytest.raises(SystemExit):
         parser.parse_args(["--tau", "warm"])
+
+
+def test_jpeg_reward_on_the_digits_model():
+    from noisealign.models.digits import DigitsModel
+    from noisealign.rewards.registry import parse_reward
+
+    jpeg = parse_reward("jpeg")
+    assert not jpeg.differentiable
+    result, ledger, events = run_demon(fast(K=4, grid_points=12), budget=18, reward=jpeg, model=DigitsModel.load())
+    assert ledger.reward_queries == 16 and len(events) == 4
+    assert result.output.shape == (1, 1, 8, 8) and all(len(event.rewards) == 4 for event in events)

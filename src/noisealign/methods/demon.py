@@ -18,7 +18,7 @@ stochastic sampler's sample 0 draws them; the other streams' first draw is unuse
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 
 import torch
@@ -32,8 +32,8 @@ from ..errors import NoiseAlignError
 from ..models.base import DiffusionModel
 from .base import MethodResult, RunContext, StepEvent
 
-PAPER_SIGMA_MAX, PAPER_SIGMA_MIN, PAPER_ODE_AFTER = 14.648, 0.002, 0.11
-"""The official code's Stable Diffusion grid and its switch to the ODE, for scaling ode_after."""
+PAPER_SIGMA_MAX, PAPER_SIGMA_MIN, PAPER_ODE_AFTER, PAPER_BETA = 14.648, 0.002, 0.11, 0.1
+"""The official code's Stable Diffusion grid, its switch to the ODE and its beta, for scaling."""
 
 DEMONS = ("tanh", "boltzmann")
 LOOKAHEADS = ("ode", "tweedie", "consistency")
@@ -41,11 +41,15 @@ LOOKAHEADS = ("ode", "tweedie", "consistency")
 
 @dataclass(frozen=True)
 class DemonConfig:
-    """Options of Demon; defaults follow the paper's code (K 16, T 64, beta 0.1, c_steps 20).
+    """Options of Demon; defaults follow the paper's code (K 16, T 64, beta 0.1, c_steps 20),
+    with beta and ode_after carried over to the model's sigma range.
 
     demon: "tanh" (b_k = tanh((r_k - mean r) / tau)) or "boltzmann" (b = softmax(r / tau)).
     K: candidates per step, i.e. reward queries per demon step.
-    beta: noise level of the reverse SDE (0 would make every candidate identical).
+    beta: noise level of the reverse SDE (0 would make every candidate identical). None: the
+        paper's 0.1 scaled by 14.648 / sigma_max, so that beta * sigma_max, the ratio of the
+        Langevin part to the ODE part at the top of the grid, is the paper's 1.46 (0.018 for
+        sigma_max 80; at beta 0.1 there the Langevin part washes out the early choices).
     tau: weight temperature, a positive number or "adaptive" (the std of each step's rewards).
     lookahead: the clean estimate c(x_k, sigma_next) scored: "ode" (Heun to sigma_min),
         "tweedie" (D(x_k, sigma_next), one call) or "consistency" (the model's few-step estimate).
@@ -59,7 +63,7 @@ class DemonConfig:
 
     demon: str = "tanh"
     K: int = 16
-    beta: float = 0.1
+    beta: float | None = None
     tau: float | str = "adaptive"
     lookahead: str = "ode"
     lookahead_steps: int = 20
@@ -71,7 +75,7 @@ class DemonConfig:
         problems = [
             (self.demon not in DEMONS, f"--demon {self.demon!r}: choose {' or '.join(DEMONS)}"),
             (self.K < 1, f"--K {self.K}: need at least 1 candidate per step"),
-            (not self.beta > 0, f"--beta {self.beta}: need beta > 0, or the K candidates coincide"),
+            (self.beta is not None and not self.beta > 0, f"--beta {self.beta}: need beta > 0, or the K candidates coincide"),
             (self.tau != "adaptive" and (isinstance(self.tau, str) or not self.tau > 0),
              f"--tau {self.tau!r}: give a positive number or 'adaptive'"),
             (self.lookahead not in LOOKAHEADS, f"--lookahead {self.lookahead!r}: choose {', '.join(LOOKAHEADS)}"),
@@ -84,13 +88,35 @@ class DemonConfig:
             if bad:
                 raise NoiseAlignError(f"bad demon option {message}")
 
-    def ode_after_sigma(self, model: DiffusionModel) -> float:
+    def beta_for(self, model: DiffusionModel) -> float:
+        """The resolved beta on `model`'s sigma range (see the class docstring)."""
+        return PAPER_BETA * PAPER_SIGMA_MAX / model.sigma_max if self.beta is None else self.beta
+
+    def ode_after_for(self, model: DiffusionModel) -> float:
         """The resolved ode_after on `model`'s sigma range (see the class docstring)."""
         if self.ode_after is not None:
             return self.ode_after
         position = karras_position(PAPER_ODE_AFTER, PAPER_SIGMA_MIN, PAPER_SIGMA_MAX)
         top, bottom = model.sigma_max ** (1 / 7), model.sigma_min ** (1 / 7)
         return (top + position * (bottom - top)) ** 7
+
+
+def demon_steps_on(grid_points: int, model: DiffusionModel, ode_after: float) -> int:
+    """Steps of a Karras grid with sigma >= ode_after that end above 0: Demon's steps at most."""
+    sigmas = karras_sigmas(grid_points, model.sigma_min, model.sigma_max)
+    return sum(1 for sigma in sigmas[:-2].tolist() if sigma >= ode_after)
+
+
+def fit_grid(config: DemonConfig, model: DiffusionModel, budget: int) -> DemonConfig:
+    """`config` on the smallest grid whose steps above ode_after a budget pays for in full.
+
+    A budget B pays for B // K demon steps, taken from sigma_max down; on a fine grid they
+    all fall at the top, where choices matter least. Fitting the grid spreads them down to
+    ode_after instead.
+    """
+    steps, ode_after = budget // config.K, config.ode_after_for(model)
+    points = next(t for t in range(2, steps + 10**4) if demon_steps_on(t, model, ode_after) >= steps)
+    return replace(config, grid_points=points)
 
 
 def tanh_weights(rewards: Tensor, tau: float) -> Tensor:
@@ -140,7 +166,8 @@ class DemonSession:
         self.context, self.config = context, config
         model = context.model
         self.sigmas = karras_sigmas(config.grid_points, model.sigma_min, model.sigma_max)
-        self.ode_after = config.ode_after_sigma(model)
+        self.beta, self.ode_after = config.beta_for(model), config.ode_after_for(model)
+        self.demon_steps = demon_steps_on(config.grid_points, model, self.ode_after)
         self.lookahead = _make_lookahead(context, config)
         self.streams = context.noise_streams(range(config.K))
         self.z_T = self.streams.draw()[:1]
@@ -158,7 +185,7 @@ class DemonSession:
     @property
     def stochastic_steps_left(self) -> int:
         """Steps left with sigma >= ode_after that end above 0 (the step into 0 is always the ODE's)."""
-        return sum(1 for i in range(self.index, len(self.sigmas) - 2) if float(self.sigmas[i]) >= self.ode_after)
+        return max(self.demon_steps - self.index, 0)
 
     def propose(self) -> Tensor:
         """Decoded clean estimates c(x_k, sigma_next) of K candidates x_k = step(x, z_k), (K, ...)."""
@@ -167,7 +194,7 @@ class DemonSession:
         sigma, sigma_next = self.sigma, float(self.sigmas[self.index + 1])
         denoised = self.context.denoiser(self.x, sigma)   # shared by all K candidates
         z = self.streams.draw()
-        candidates = beta_sde_step(self.x, sigma, sigma_next, denoised, z, self.config.beta)
+        candidates = beta_sde_step(self.x, sigma, sigma_next, denoised, z, self.beta)
         estimates = [self.lookahead(chunk, sigma_next) for chunk in candidates.split(self.config.candidate_batch)]
         self._pending = (z, denoised)
         return self.context.model.decode(torch.cat(estimates))
@@ -183,7 +210,7 @@ class DemonSession:
         sigma, sigma_next = self.sigma, float(self.sigmas[self.index + 1])
         event = StepEvent(step=self.index, sigma=sigma, x=self.x, denoised=denoised, rewards=rewards,
                           extras={"tau": tau, "degenerate": float(degenerate), "max_weight": max_weight})
-        self.x = beta_sde_step(self.x, sigma, sigma_next, denoised, z_star, self.config.beta)
+        self.x = beta_sde_step(self.x, sigma, sigma_next, denoised, z_star, self.beta)
         self.chosen.append(z_star)
         self.degenerate_steps += degenerate
         self.tau, self.index, self._pending = tau, self.index + 1, None
@@ -274,14 +301,14 @@ class Demon:
             sample = session.finish()
             output = context.model.decode(sample)
         info = {"demon_steps": len(session.chosen), "degenerate_steps": session.degenerate_steps,
-                "final_tau": session.tau, "ode_after": session.ode_after,
+                "final_tau": session.tau, "beta": session.beta, "ode_after": session.ode_after,
                 "last_step_reward_mean": None if last_rewards is None else float(last_rewards.mean()),
                 "last_step_reward_max": None if last_rewards is None else float(last_rewards.max())}
         return MethodResult(sample=sample, output=output, reward=None, noises=session.noises(), info=info)
 
     def regenerate(self, context: RunContext, noises: dict[str, Tensor]) -> MethodResult:
         """The sample again from its noises: the beta-SDE with the chosen z*, then the ODE. No queries."""
-        model, beta = context.model, self.config.beta
+        model, beta = context.model, self.config.beta_for(context.model)
         sigmas = karras_sigmas(self.config.grid_points, model.sigma_min, model.sigma_max)
         z_T, z_star = noises["z_T"].to(context.device), noises["z_star"].to(context.device)
         steps = len(z_star)

@@ -70,8 +70,11 @@ def _add_demon_arguments(group: argparse._ArgumentGroup) -> None:
                        help="demon: candidate noises per step, i.e. reward queries per demon step. "
                             "A budget B pays for floor(B / K) demon steps, taken from sigma_max down; "
                             "the rest of the grid (and everything below --ode-after) runs the ODE "
-                            "without queries. B must be at least K")
-    group.add_argument("--beta", type=float, default=defaults.beta, help="demon: noise level of the reverse SDE")
+                            "without queries. B must be at least K. Small budgets: lower --K and --steps "
+                            "until B / K steps reach --ode-after (e.g. B 64: --K 4 --steps 23 on digits)")
+    group.add_argument("--beta", type=float, default=None,
+                       help="demon: noise level of the reverse SDE (default: the paper's 0.1 scaled by "
+                            "14.648 / sigma_max, keeping its beta * sigma_max; 0.018 for digits)")
     group.add_argument("--tau", type=_tau, default=defaults.tau,
                        help="demon: weight temperature, a number or 'adaptive' (each step's reward std)")
     group.add_argument("--lookahead", choices=LOOKAHEADS, default=defaults.lookahead,

@@ -8,7 +8,7 @@ import webbrowser
 from dataclasses import replace
 
 from ..errors import NoiseAlignError
-from ..methods.demon import DEMONS, LOOKAHEADS, PAPER_SIGMA_MAX, DemonConfig
+from ..methods.demon import DEMONS, LOOKAHEADS, PAPER_BETA, PAPER_SIGMA_MAX, DemonConfig
 from .server import UIServer, exposure_warning
 from .session import CHOICES_FILE, HumanSession, RunSpec, read_choices
 
@@ -29,7 +29,7 @@ def matched_beta(sigma_max: float) -> float:
     scale-free quantity; on a model whose sigma_max is 80 (digits) the paper's 0.1 makes the
     first Euler-Maruyama steps overshoot badly on a short grid. Stable Diffusion keeps 0.1.
     """
-    return DemonConfig.beta * PAPER_SIGMA_MAX / sigma_max
+    return PAPER_BETA * PAPER_SIGMA_MAX / sigma_max
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
