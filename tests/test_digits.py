@@ -91,6 +91,14 @@ def test_denoise_shape_dtype_and_sigma_broadcast(model):
     torch.testing.assert_close(scalar, labels)
 
 
+def test_denoise_is_differentiable_in_x(model):
+    """DNO back-propagates through the sampler: gradients reach x, never the frozen weights."""
+    x = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(5)).requires_grad_()
+    model.denoise(x, torch.tensor(1.0), model.encode_prompt("1")).square().sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    assert all(p.grad is None for p in model.net.parameters())
+
+
 def test_denoise_tends_to_identity_at_low_noise(model):
     """EDM preconditioning: c_skip -> 1 and c_out -> 0 as sigma -> 0, so D(x, sigma) ~ x."""
     x = torch.rand(3, 1, 8, 8, generator=torch.Generator().manual_seed(2)) * 2 - 1
