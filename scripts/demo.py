@@ -12,7 +12,7 @@ from noisealign import cli
 
 def main() -> int:
     out = Path("runs") / f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
-    flags = ["generate", "--model", "digits", "--reward", "digit:3", "--budget", "256",
+    flags = ["generate", "--model", "digits", "--reward", "digit:3", "--method", "demon", "--budget", "256",
              "--seed", "0", "--grid", "6", "--out", str(out)]
     print("$ noisealign " + " ".join(flags))
     code = cli.main(flags)

@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--reward", default=None,
                           help="reward spec, e.g. digit:3, jpeg, brightness, digit:3+0.5*brightness "
                                "(default: digit:3 for digits, aesthetic for diffusers models)")
-    generate.add_argument("--method", default="best-of-n", choices=sorted(METHODS),
+    generate.add_argument("--method", default="demon", choices=sorted(METHODS),
                           help="; ".join(f"{name}: {entry.summary}" for name, entry in METHODS.items()))
     generate.add_argument("--budget", type=int, default=256,
                           help="reward queries the method may spend: the knob that makes methods comparable")
