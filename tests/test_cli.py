@@ -123,3 +123,16 @@ def test_config_round_trips_through_json():
 
     config = BestOfNConfig(n=7, batch_size=3, sampler=PlainConfig(steps=5, solver="euler", eta=0.5))
     assert config_from_dict(BestOfNConfig, json.loads(json.dumps(asdict(config)))) == config
+
+
+def test_default_digits_run_is_bit_identical_across_runs(tmp_path):
+    """The default model and method: same seed, same image.png and result.json (but timings)."""
+    flags = ["--budget", "32", "--K", "8", "--seed", "2"]
+    _, first = _run(tmp_path, *flags, name="a")
+    _, second = _run(tmp_path, *flags, name="b")
+    a, b = (json.loads((d / "result.json").read_text()) for d in (first, second))
+    assert a["method"] == "demon" and a["model"] == "digits" and a["reward"] == "digit:3"
+    assert _without_timings(a) == _without_timings(b)
+    for name in ("image.png", "baseline.png", "noise.pt"):
+        assert (first / name).read_bytes() == (second / name).read_bytes(), name
+    assert a["reward_queries"] <= 32
