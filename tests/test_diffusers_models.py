@@ -239,3 +239,29 @@ def test_bad_input_is_one_clear_error(name, options, message, pipelines, tmp_pat
         folders["sd"] = saved(pipelines["sd"], tmp_path_factory, "sd-bad")
     with pytest.raises(NoiseAlignError, match=message):
         load_model(name.format(**folders), **options)
+
+
+@pytest.mark.parametrize("family", ["sd", "sdxl", "sdxl-turbo", "sd3"])
+def test_every_method_runs_on_every_family(family, pipelines, tmp_path_factory):
+    """best-of-n, Demon (consistency look-ahead on Turbo) and DNO through the VAE, within budget;
+    Demon's and DNO's saved noises regenerate their images exactly."""
+    from noisealign.align import align
+    from noisealign.methods.best_of_n import BestOfN
+    from noisealign.methods.demon import Demon, DemonConfig
+    from noisealign.methods.dno import Dno, DnoConfig
+
+    model = load_diffusers_model(saved(pipelines[family], tmp_path_factory, family + "-methods"))
+    turbo = family == "sdxl-turbo"
+    assert model.supports_consistency == turbo
+    problem = Problem(model, parse_reward("brightness"), PROMPT, guidance=1.0 if turbo else 3.0)
+    lookahead = "consistency" if turbo else "tweedie"
+    methods = [(BestOfN(), 2),
+               (Demon(DemonConfig(K=2, grid_points=4, lookahead=lookahead, ode_after=0.0)), 4),
+               (Dno(DnoConfig(mode="grad", steps=2, iterations=1)), 2)]
+    for method, budget in methods:
+        outcome = align(problem, method, SEED, budget)
+        assert outcome.ledger.reward_queries <= budget and outcome.ledger.reward_queries > 0
+        assert torch.isfinite(outcome.result.output).all() and outcome.result.output.shape[1] == 3
+        if method.name in ("demon", "dno"):
+            again = method.regenerate(RunContext(problem, SEED, Ledger()), outcome.result.noises)
+            assert torch.equal(again.output, outcome.result.output), method.name
