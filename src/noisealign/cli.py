@@ -224,7 +224,7 @@ def _config(method, args: argparse.Namespace) -> dict:
 
 def _progress(args: argparse.Namespace, budgeted: bool, seed: int) -> tqdm:
     return tqdm(total=args.budget if budgeted else None, unit="query", desc=f"{args.method} seed {seed}",
-                disable=args.quiet, leave=False, file=sys.stderr)
+                disable=True if args.quiet else None, leave=False, file=sys.stderr)  # None: off when not a terminal
 
 
 def _chain(observe, progress: tqdm):
