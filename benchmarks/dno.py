@@ -35,21 +35,9 @@ from noisealign.methods.best_of_n import BestOfN, BestOfNConfig
 from noisealign.methods.dno import Dno, DnoConfig
 from noisealign.methods.plain import PlainConfig, sample_plain
 from noisealign.models.gmm import GaussianMixture
+from noisealign.rewards.simple import Linear
 
 RESULTS = Path(__file__).parent / "results"
-
-
-class Linear:
-    """r(x) = x . v: grows without bound, so only the model's support keeps it in check."""
-
-    name = "linear"
-
-    def __init__(self, v: torch.Tensor, differentiable: bool = True):
-        self.v, self.differentiable = v, differentiable
-
-    def __call__(self, outputs, prompts):
-        values = (outputs.float() * self.v).flatten(1).sum(1)
-        return values if self.differentiable else values.detach()
 
 
 def write_csv(rows: list[dict], path: Path) -> None:

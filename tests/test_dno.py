@@ -26,6 +26,7 @@ from noisealign.methods.registry import METHODS
 from noisealign.methods.zo import image_gradient, zo_gradient
 from noisealign.models.base import make_denoiser
 from noisealign.models.gmm import GaussianMixture
+from noisealign.rewards.simple import Linear
 
 
 class TinyConv:
@@ -57,19 +58,6 @@ class TinyConv:
 
     def prior_std(self, sigma):
         return sigma
-
-
-class Linear:
-    """r(x) = x . v summed over all elements; grows without bound."""
-
-    name = "linear"
-
-    def __init__(self, v: torch.Tensor, differentiable: bool = True):
-        self.v, self.differentiable = v, differentiable
-
-    def __call__(self, outputs, prompts):
-        values = (outputs.float() * self.v).flatten(1).sum(1)
-        return values if self.differentiable else values.detach()
 
 
 class Scripted:

@@ -278,10 +278,9 @@ def test_url_carries_the_token_in_the_fragment(server):
                     reason="the bundled digits model is not on this branch yet")
 def test_bundled_digits_model_offline(tmp_path):
     from noisealign.models.registry import load_model
-    from noisealign.ui.launch import matched_beta
 
     model = load_model("digits")
-    config = DemonConfig(K=4, grid_points=8, beta=matched_beta(model.sigma_max), lookahead_steps=6)
+    config = DemonConfig(K=4, grid_points=8, beta=DemonConfig().beta_for(model), lookahead_steps=6)
     session = HumanSession.start(Problem(model, HumanChoice(), prompt="3"), config, seed=0, out=tmp_path / "run",
                                  spec=RunSpec("digits"))
     assert session.candidates.shape == (4, 1, 8, 8)

@@ -19,7 +19,6 @@ from noisealign.methods.base import Problem
 from noisealign.methods.demon import DemonConfig
 from noisealign.rewards.human import HumanChoice
 from noisealign.ui import HumanSession, RunSpec, UIServer
-from noisealign.ui.launch import matched_beta
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -59,7 +58,7 @@ def digits():
 @pytest.fixture
 def server(tmp_path, digits):
     """The bundled digits model, offline, as `noisealign ui` would run it (short grid, K = 6)."""
-    config = DemonConfig(K=6, grid_points=10, beta=matched_beta(digits.sigma_max), lookahead_steps=6)
+    config = DemonConfig(K=6, grid_points=10, beta=DemonConfig().beta_for(digits), lookahead_steps=6)
     session = HumanSession.start(Problem(digits, HumanChoice()), config, seed=1, out=tmp_path / "run",
                                  spec=RunSpec("digits"))
     with UIServer(session) as server:

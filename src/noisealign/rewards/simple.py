@@ -83,3 +83,17 @@ class Coordinate:
             raise NoiseAlignError(f"coordinate:{self.index} is out of range for outputs of "
                                   f"{flat.shape[1]} numbers; pick an index below {flat.shape[1]}")
         return flat[:, self.index]
+
+
+class Linear:
+    """r(x) = x . v over the flattened output: unbounded, so only the model's support keeps it in
+    check (the reward-hacking probe). `differentiable=False` makes it stand for a black box."""
+
+    name = "linear"
+
+    def __init__(self, v: Tensor, differentiable: bool = True):
+        self.v, self.differentiable = v, differentiable
+
+    def __call__(self, outputs: Tensor, prompts: Sequence[str]) -> Tensor:
+        values = (outputs.float() * self.v).flatten(1).sum(1)
+        return values if self.differentiable else values.detach()

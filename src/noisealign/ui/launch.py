@@ -8,7 +8,7 @@ import webbrowser
 from dataclasses import replace
 
 from ..errors import NoiseAlignError
-from ..methods.demon import DEMONS, LOOKAHEADS, PAPER_BETA, PAPER_SIGMA_MAX, DemonConfig
+from ..methods.demon import DEMONS, LOOKAHEADS, DemonConfig
 from .server import UIServer, exposure_warning
 from .session import CHOICES_FILE, HumanSession, RunSpec, read_choices
 
@@ -18,18 +18,9 @@ RUN_DEFAULTS = {
     "lookahead_steps": DemonConfig.lookahead_steps, "out": None, "device": "cpu", "dtype": "fp32",
     "height": None, "width": None, "scheduler": None,
 }
-"""Options of a new run (beta None: `matched_beta`). With --resume they come from the run's
-choices.json instead, so the parser leaves them None and a given one is an error."""
-
-
-def matched_beta(sigma_max: float) -> float:
-    """The paper's beta = 0.1 moved to the model's noise range: beta * sigma_max held at 0.1 x 14.648.
-
-    beta multiplies sigma in the SDE's drift (1 + beta sigma) and its noise, so beta sigma is the
-    scale-free quantity; on a model whose sigma_max is 80 (digits) the paper's 0.1 makes the
-    first Euler-Maruyama steps overshoot badly on a short grid. Stable Diffusion keeps 0.1.
-    """
-    return PAPER_BETA * PAPER_SIGMA_MAX / sigma_max
+"""Options of a new run (beta None: `DemonConfig.beta_for`, the paper's beta moved to the
+model's range). With --resume they come from the run's choices.json instead, so the parser
+leaves them None and a given one is an error."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -115,14 +106,13 @@ def _start(args: argparse.Namespace) -> HumanSession:
 
     v = {name: default if getattr(args, name) is None else getattr(args, name)
          for name, default in RUN_DEFAULTS.items()}
-    beta = DemonConfig.beta if v["beta"] is None else v["beta"]
-    config = DemonConfig(demon=v["demon"], K=v["K"], beta=beta, lookahead=v["lookahead"],
+    config = DemonConfig(demon=v["demon"], K=v["K"], beta=v["beta"], lookahead=v["lookahead"],
                          lookahead_steps=v["lookahead_steps"], grid_points=v["steps"])  # bad options fail here
     spec = RunSpec(v["model"], device=v["device"], dtype=v["dtype"], height=v["height"], width=v["width"],
                    scheduler=v["scheduler"])
     model = spec.load_model()
     if v["beta"] is None:
-        config = replace(config, beta=matched_beta(model.sigma_max))
+        config = replace(config, beta=config.beta_for(model))  # saved resolved, so a resume needs no model
     problem = Problem(model, HumanChoice(), v["prompt"], v["negative_prompt"], v["guidance"])
     return HumanSession.start(problem, config, v["seed"], v["out"], spec)
 
