@@ -7,7 +7,7 @@ run's ledger and forwards what the method observes to the trace and progress bar
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
 import torch
@@ -75,6 +75,16 @@ class RunContext:
         self.denoiser = CountedDenoiser(
             make_denoiser(problem.model, problem.prompt, problem.guidance, problem.negative_prompt), ledger)
         self._observer = observer
+        self._keep: Callable[[], MethodResult] | None = None
+
+    def keep(self, best_so_far: Callable[[], MethodResult]) -> None:
+        """Register how to build the best sample so far, should the run stop early (Ctrl-C,
+        SIGTERM, a failing reward). Methods call it as they go; it must spend no query."""
+        self._keep = best_so_far
+
+    def best_so_far(self) -> MethodResult | None:
+        """The kept partial result (None when the method kept nothing yet); spends no query."""
+        return None if self._keep is None else self._keep()
 
     def noise_streams(self, indices: list[int] | range) -> NoiseStreams:
         """Per-sample generators for samples `indices` of this run's seed, in the model's state shape."""
@@ -100,9 +110,13 @@ class Method(Protocol):
     name: str
     config: Any
 
+    def plan(self, problem: Problem, budget: int | None) -> "Method":
+        """This method with every budget-dependent option resolved (what result.json records and
+        `regenerate` rebuilds); NoiseAlignError if it cannot run on `problem` with `budget`
+        queries (a budget below one step, a look-ahead the model lacks, ...). Cheap: it runs
+        before any run folder exists."""
+
     def run(self, context: RunContext) -> MethodResult:
-        """Spend at most context.ledger.query_limit reward queries; return the kept sample."""
+        """Spend at most context.ledger.query_limit reward queries; return the kept sample.
+        Call context.keep() whenever the best sample so far changes."""
 
-
-def config_dict(config: Any) -> dict[str, Any]:
-    return asdict(config)

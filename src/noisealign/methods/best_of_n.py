@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
 from ..errors import NoiseAlignError
-from .base import MethodResult, RunContext, StepEvent
+from ..options import check, option
+from .base import MethodResult, Problem, RunContext, StepEvent
 from .plain import PlainConfig, sample_plain
 
 
@@ -16,9 +17,13 @@ class BestOfNConfig:
     """n: candidates (None: the whole budget, one query each); batch_size: candidates sampled
     and scored together; sampler: how each candidate is drawn (plain's options)."""
 
-    n: int | None = None
-    batch_size: int = 64
+    n: int | None = option(None, "candidates, one reward query each (None: the whole --budget)")
+    batch_size: int = option(64, "candidates sampled and scored as one batch (a memory bound)")
     sampler: PlainConfig = PlainConfig()
+
+    def __post_init__(self) -> None:
+        check([(self.n is not None and self.n < 1, f"--n {self.n}: need at least 1 candidate"),
+               (self.batch_size < 1, f"--batch-size {self.batch_size}: need at least 1")], "best-of-n")
 
 
 class BestOfN:
@@ -27,13 +32,17 @@ class BestOfN:
     def __init__(self, config: BestOfNConfig = BestOfNConfig()):
         self.config = config
 
+    def plan(self, problem: Problem, budget: int | None) -> "BestOfN":
+        """N candidates cost N queries: the budget must pay for them (N = the budget by default)."""
+        n = self.config.n if self.config.n is not None else budget
+        if n is None or budget is not None and not 1 <= n <= budget:
+            raise NoiseAlignError(f"best-of-n needs a budget of at least {n or 1} reward queries "
+                                  f"(one per candidate), got {budget}; raise --budget")
+        return BestOfN(replace(self.config, n=n))
+
     def run(self, context: RunContext) -> MethodResult:
-        n = self.config.n if self.config.n is not None else context.ledger.queries_left
-        if n == float("inf") or n < 1:
-            raise NoiseAlignError(f"best-of-n needs a budget of at least 1 reward query, got {n}; "
-                                  "pass --budget N (N candidates, one query each)")
-        n = int(n)
-        best_reward, best_index, best_sample, best_output = -float("inf"), -1, None, None
+        n = self.plan(context.problem, context.ledger.query_limit).config.n
+        best_reward, best_index = -float("inf"), -1
         with torch.inference_mode():
             for chunk, start in enumerate(range(0, n, self.config.batch_size)):
                 indices = range(start, min(start + self.config.batch_size, n))
@@ -43,12 +52,13 @@ class BestOfN:
                 top = int(rewards.argmax())
                 if rewards[top] > best_reward:
                     best_reward, best_index = float(rewards[top]), indices[top]
-                    best_sample, best_output = samples[top:top + 1].clone(), outputs[top:top + 1].clone()
+                    best = MethodResult(sample=samples[top:top + 1].clone(), output=outputs[top:top + 1].clone(),
+                                        reward=best_reward, noises={"candidate": torch.tensor([best_index])},
+                                        info={"candidates": n, "best_candidate": best_index})
+                    context.keep(lambda best=best: best)    # what an interrupted run hands back
                 context.observe(StepEvent(step=chunk, rewards=rewards,
                                           extras={"best_so_far": best_reward}))
-        return MethodResult(sample=best_sample, output=best_output, reward=best_reward,
-                            noises={"candidate": torch.tensor([best_index])},
-                            info={"candidates": n, "best_candidate": best_index})
+        return best
 
     def regenerate(self, context: RunContext, noises: dict) -> MethodResult:
         """The kept candidate again, from its index in the seed's candidate streams."""

@@ -30,7 +30,8 @@ from ..engine.samplers import DenoiserFn
 from ..engine.schedules import karras_position
 from ..errors import NoiseAlignError
 from ..models.base import DiffusionModel
-from .base import MethodResult, RunContext, StepEvent
+from ..options import check, is_finite, number_or, option, shared
+from .base import MethodResult, Problem, RunContext, StepEvent
 
 PAPER_SIGMA_MAX, PAPER_SIGMA_MIN, PAPER_ODE_AFTER, PAPER_BETA = 14.648, 0.002, 0.11, 0.1
 """The official code's Stable Diffusion grid, its switch to the ODE and its beta, for scaling."""
@@ -41,11 +42,12 @@ LOOKAHEADS = ("ode", "tweedie", "consistency")
 
 @dataclass(frozen=True)
 class DemonConfig:
-    """Options of Demon; defaults follow the paper's code (K 16, T 64, beta 0.1, c_steps 20),
-    with beta and ode_after carried over to the model's sigma range.
+    """Options of Demon. Defaults follow the paper's code (tanh, adaptive tau, beta 0.1, ODE
+    look-ahead), with beta and ode_after carried over to the model's sigma range, and K and
+    the grid fitted to the budget (`Demon.plan`).
 
     demon: "tanh" (b_k = tanh((r_k - mean r) / tau)) or "boltzmann" (b = softmax(r / tau)).
-    K: candidates per step, i.e. reward queries per demon step.
+    K: candidates per step, i.e. reward queries per demon step. None: min(16, B // 16), at least 1.
     beta: noise level of the reverse SDE (0 would make every candidate identical). None: the
         paper's 0.1 scaled by 14.648 / sigma_max, so that beta * sigma_max, the ratio of the
         Langevin part to the ODE part at the top of the grid, is the paper's 1.46 (0.018 for
@@ -57,36 +59,48 @@ class DemonConfig:
     ode_after: sigma below which the sampler finishes with the ODE, no queries. None: the sigma
         at the same Karras position (rho 7) on the model's sigma range as the paper's 0.11 on
         its 14.648 .. 0.002 grid, i.e. about 70% of the way from sigma_max to sigma_min.
-    grid_points: T, the Karras grid's points from sigma_max to sigma_min (then 0).
+    grid_points: T, the Karras grid's points from sigma_max to sigma_min (then 0). None: the
+        smallest grid whose steps down to ode_after the budget pays for (`fit_grid`); the
+        paper's 64 when the budget is unbounded.
     candidate_batch: most candidates whose look-aheads run as one batch (a memory bound).
     """
 
-    demon: str = "tanh"
-    K: int = 16
-    beta: float | None = None
-    tau: float | str = "adaptive"
-    lookahead: str = "ode"
-    lookahead_steps: int = 20
-    ode_after: float | None = None
-    grid_points: int = 64
-    candidate_batch: int = 64
+    demon: str = option("tanh", "weights b_k = tanh((r_k - mean r) / tau) or softmax(r / tau)",
+                        choices=DEMONS)
+    K: int | None = option(None, "candidate noises per step, i.e. reward queries per demon step "
+                                 "(None: min(16, budget // 16)); a budget B pays floor(B / K) demon steps",
+                           flag="--K")
+    beta: float | None = option(None, "noise level of the reverse SDE (None: the paper's 0.1 scaled by "
+                                      "14.648 / sigma_max, keeping its beta * sigma_max; 0.018 for digits)")
+    tau: float | str = option("adaptive", "weight temperature, a number or 'adaptive' (each step's reward std)",
+                              parse=number_or("adaptive"))
+    lookahead: str = option("ode", "clean estimate each candidate is scored on: ODE to sigma_min (Heun), "
+                                   "Tweedie D(x, sigma) (one call), or the model's consistency model",
+                            choices=LOOKAHEADS)
+    lookahead_steps: int = option(20, "Heun steps of the ODE look-ahead from sigma_max (fewer further down)")
+    ode_after: float | None = option(None, "sigma below which to finish with the ODE, no queries (None: the "
+                                           "paper's 0.11 on SD's 14.6..0.002 grid, moved to the same Karras "
+                                           "position of the model's range)")
+    grid_points: int | None = shared("steps", None, " of the Karras grid (None: the smallest grid whose steps down "
+                                                    "to ode_after the budget pays for)", flag="--steps")
+    candidate_batch: int = option(64, "candidates whose look-aheads run as one batch (a memory bound)")
 
     def __post_init__(self) -> None:
-        problems = [
+        check([
             (self.demon not in DEMONS, f"--demon {self.demon!r}: choose {' or '.join(DEMONS)}"),
-            (self.K < 1, f"--K {self.K}: need at least 1 candidate per step"),
-            (self.beta is not None and not self.beta > 0, f"--beta {self.beta}: need beta > 0, or the K candidates coincide"),
-            (self.tau != "adaptive" and (isinstance(self.tau, str) or not self.tau > 0),
-             f"--tau {self.tau!r}: give a positive number or 'adaptive'"),
+            (self.K is not None and self.K < 1, f"--K {self.K}: need at least 1 candidate per step"),
+            (self.beta is not None and not (is_finite(self.beta) and self.beta > 0),
+             f"--beta {self.beta}: need a finite beta > 0, or the K candidates coincide"),
+            (self.tau != "adaptive" and not (is_finite(self.tau) and self.tau > 0),
+             f"--tau {self.tau!r}: give a finite positive number or 'adaptive'"),
             (self.lookahead not in LOOKAHEADS, f"--lookahead {self.lookahead!r}: choose {', '.join(LOOKAHEADS)}"),
             (self.lookahead_steps < 1, f"--lookahead-steps {self.lookahead_steps}: need at least 1"),
-            (self.ode_after is not None and self.ode_after < 0, f"--ode-after {self.ode_after}: need sigma >= 0"),
-            (self.grid_points < 2, f"--steps {self.grid_points}: Demon needs at least 2 grid points"),
-            (self.candidate_batch < 1, f"candidate_batch {self.candidate_batch}: need at least 1"),
-        ]
-        for bad, message in problems:
-            if bad:
-                raise NoiseAlignError(f"bad demon option {message}")
+            (self.ode_after is not None and not (is_finite(self.ode_after) and self.ode_after >= 0),
+             f"--ode-after {self.ode_after}: need a finite sigma >= 0"),
+            (self.grid_points is not None and self.grid_points < 2,
+             f"--steps {self.grid_points}: Demon needs at least 2 grid points"),
+            (self.candidate_batch < 1, f"--candidate-batch {self.candidate_batch}: need at least 1"),
+        ], "demon")
 
     def beta_for(self, model: DiffusionModel) -> float:
         """The resolved beta on `model`'s sigma range (see the class docstring)."""
@@ -99,6 +113,17 @@ class DemonConfig:
         position = karras_position(PAPER_ODE_AFTER, PAPER_SIGMA_MIN, PAPER_SIGMA_MAX)
         top, bottom = model.sigma_max ** (1 / 7), model.sigma_min ** (1 / 7)
         return (top + position * (bottom - top)) ** 7
+
+
+def default_K(budget: int | None) -> int:
+    """K when none is given: the paper's 16, fewer below a budget of 256 so that at least 16
+    demon steps are paid for (min(16, B // 16), at least 1)."""
+    return 16 if budget is None else max(1, min(16, budget // 16))
+
+
+def supports_consistency(model: DiffusionModel) -> bool:
+    """Whether the model has a few-step (consistency) estimate for the look-ahead."""
+    return getattr(model, "consistency_estimate", None) is not None and getattr(model, "supports_consistency", True)
 
 
 def demon_steps_on(grid_points: int, model: DiffusionModel, ode_after: float) -> int:
@@ -176,6 +201,7 @@ class DemonSession:
         self.chosen: list[Tensor] = []      # z* of every step taken
         self.degenerate_steps = 0
         self.tau: float | None = None       # the last step's temperature
+        self.last_rewards: Tensor | None = None   # the last step's candidate rewards
         self._pending: tuple[Tensor, Tensor] | None = None  # (z_k, denoised) of the proposed step
 
     @property
@@ -256,10 +282,10 @@ def _make_lookahead(context: RunContext, config: DemonConfig) -> DenoiserFn:
         return partial(_ode_lookahead, context.denoiser, model.sigma_min, model.sigma_max, config.lookahead_steps)
     if config.lookahead == "tweedie":
         return context.denoiser
-    estimate = getattr(model, "consistency_estimate", None)
-    if estimate is None or not getattr(model, "supports_consistency", True):
+    if not supports_consistency(model):
         raise NoiseAlignError(f"model {model.name!r} offers no consistency (few-step) estimate; "
                               "use --lookahead ode or --lookahead tweedie")
+    estimate = model.consistency_estimate
     cond = model.encode_prompt(context.problem.prompt)
 
     def consistency(x: Tensor, sigma: float) -> Tensor:
@@ -282,28 +308,49 @@ class Demon:
     def __init__(self, config: DemonConfig = DemonConfig()):
         self.config = config
 
+    def plan(self, problem: Problem, budget: int | None) -> "Demon":
+        """Demon with K and the grid resolved for `budget` (see DemonConfig), checked to run."""
+        config, model = self.config, problem.model
+        K = config.K if config.K is not None else default_K(budget)
+        if budget is not None and budget < K:
+            raise NoiseAlignError(f"demon needs at least K = {K} reward queries for one step, got a budget of "
+                                  f"{budget}; raise --budget or lower --K")
+        if config.lookahead == "consistency" and not supports_consistency(model):
+            raise NoiseAlignError(f"model {model.name!r} offers no consistency (few-step) estimate; "
+                                  "use --lookahead ode or --lookahead tweedie")
+        config = replace(config, K=K)
+        if config.grid_points is None:
+            config = fit_grid(config, model, budget) if budget is not None else replace(config, grid_points=64)
+        return Demon(config)
+
     def run(self, context: RunContext) -> MethodResult:
         """Spends K queries per demon step and none on the final sample.
 
         MethodResult.reward is None: no query is spent scoring the final output (the caller
-        scores it outside the budget); info holds the last step's candidate rewards.
+        scores it outside the budget); info holds the last step's candidate rewards. Stopped
+        early, the run hands back the current state finished by the ODE (no further query).
         """
-        K = self.config.K
-        if context.ledger.queries_left < K:
-            raise NoiseAlignError(f"demon needs at least K = {K} reward queries for one step, got a budget of "
-                                  f"{context.ledger.queries_left}; raise --budget or lower --K")
-        last_rewards = None
+        config = self.plan(context.problem, context.ledger.query_limit).config
         with torch.inference_mode():
-            session = DemonSession(context, self.config)
-            while session.stochastic_steps_left > 0 and context.ledger.queries_left >= K:
-                last_rewards = context.score(session.propose())
-                context.observe(session.choose(last_rewards))
+            session = DemonSession(context, config)
+            context.keep(lambda: self._result(context, session))
+            while session.stochastic_steps_left > 0 and context.ledger.queries_left >= config.K:
+                session.last_rewards = context.score(session.propose())
+                context.observe(session.choose(session.last_rewards))
+            return self._result(context, session)
+
+    @staticmethod
+    def _result(context: RunContext, session: "DemonSession") -> MethodResult:
+        """The session's state finished by the PF-ODE: the sample Demon hands back."""
+        with torch.inference_mode():
             sample = session.finish()
             output = context.model.decode(sample)
-        info = {"demon_steps": len(session.chosen), "degenerate_steps": session.degenerate_steps,
+        last = session.last_rewards
+        info = {"K": session.config.K, "grid_points": session.config.grid_points,
+                "demon_steps": len(session.chosen), "degenerate_steps": session.degenerate_steps,
                 "final_tau": session.tau, "beta": session.beta, "ode_after": session.ode_after,
-                "last_step_reward_mean": None if last_rewards is None else float(last_rewards.mean()),
-                "last_step_reward_max": None if last_rewards is None else float(last_rewards.max())}
+                "last_step_reward_mean": None if last is None else float(last.mean()),
+                "last_step_reward_max": None if last is None else float(last.max())}
         return MethodResult(sample=sample, output=output, reward=None, noises=session.noises(), info=info)
 
     def regenerate(self, context: RunContext, noises: dict[str, Tensor]) -> MethodResult:

@@ -28,6 +28,7 @@ Cost accounting (the run's Ledger):
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -39,7 +40,8 @@ from ..engine import ancestral_sigmas, sample_ancestral
 from ..engine.noise import randn, sample_generator
 from ..errors import NoiseAlignError
 from ..models.base import DiffusionModel
-from .base import MethodResult, RunContext, StepEvent
+from ..options import check, is_finite, option, shared
+from .base import MethodResult, Problem, RunContext, StepEvent
 from .dno_regularizer import concentration_penalty
 from .zo import image_gradient, zo_gradient
 
@@ -65,32 +67,31 @@ class DnoConfig:
     micro_batch: perturbed samples run together (zo and hybrid).
     """
 
-    mode: str = "auto"
-    steps: int = 50
-    eta: float = 1.0
-    lr: float = 1e-2
-    iterations: int | None = None
-    gamma: float = 1.0
-    permutations: int = 16
-    grad_clip: float = 1.0
-    q: int = 16
-    mu: float = 0.01
-    checkpointing: bool = True
-    micro_batch: int = 16
+    mode: str = option("auto", "gradient estimator; auto = grad for differentiable rewards, else hybrid",
+                       flag="--dno-mode", choices=MODES)
+    steps: int = shared("steps", 50)
+    eta: float = shared("eta", 1.0)
+    lr: float = option(1e-2, "Adam step size")
+    iterations: int | None = option(None, "Adam steps (None: as many as --budget pays)")
+    gamma: float = option(1.0, "weight of the probability regularization (0: none)")
+    permutations: int = option(16, "random reorderings the penalty averages over")
+    grad_clip: float = option(1.0, "max gradient norm over all optimized noise")
+    q: int = option(16, "zo / hybrid: perturbations per step")
+    mu: float = option(0.01, "zo / hybrid: perturbation scale")
+    checkpointing: bool = option(True, "recompute each denoiser call in the backward pass (memory flat in "
+                                       "--steps; --no-checkpointing is faster and keeps every activation)")
+    micro_batch: int = option(16, "zo / hybrid: perturbed samples run together")
 
     def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise NoiseAlignError(f"unknown DNO mode {self.mode!r}; use one of {', '.join(MODES)}")
         positive = {"steps": self.steps, "lr": self.lr, "grad_clip": self.grad_clip, "q": self.q,
                     "mu": self.mu, "micro_batch": self.micro_batch}
         positive.update({} if self.iterations is None else {"iterations": self.iterations})
-        for name, value in positive.items():
-            if not value > 0:
-                raise NoiseAlignError(f"DNO option {name} must be positive, got {value}; "
-                                      f"pass --{name.replace('_', '-')} with a value above 0")
-        for name, value in {"eta": self.eta, "gamma": self.gamma, "permutations": self.permutations}.items():
-            if value < 0:
-                raise NoiseAlignError(f"DNO option {name} must be >= 0, got {value}; pass a non-negative value")
+        non_negative = {"eta": self.eta, "gamma": self.gamma, "permutations": self.permutations}
+        check([(self.mode not in MODES, f"--dno-mode {self.mode!r}: choose {', '.join(MODES)}")]
+              + [(not (is_finite(v) and v > 0), f"--{k.replace('_', '-')} {v}: need a finite value above 0")
+                 for k, v in positive.items()]
+              + [(not (is_finite(v) and v >= 0), f"--{k.replace('_', '-')} {v}: need a finite value >= 0")
+                 for k, v in non_negative.items()], "dno")
 
 
 # ---- the noise-to-output map and its variables ---------------------------------------------
@@ -171,6 +172,13 @@ class Dno:
 
     def __init__(self, config: DnoConfig = DnoConfig()):
         self.config = config
+
+    def plan(self, problem: Problem, budget: int | None) -> "Dno":
+        """Checked to run: the reward fits the mode and the budget pays at least one Adam step."""
+        mode = resolve_mode(self.config.mode, problem.reward)
+        plan_iterations(self.config.iterations, math.inf if budget is None else budget,
+                        1 if mode == "grad" else self.config.q + 1)
+        return self
 
     def run(self, context: RunContext) -> MethodResult:
         config, model = self.config, context.model

@@ -8,7 +8,10 @@ import torch
 from torch import Tensor
 
 from ..engine import sample_ancestral, sample_ode
-from .base import MethodResult, RunContext, StepEvent
+from ..options import check, is_finite, shared
+from .base import MethodResult, Problem, RunContext, StepEvent
+
+SOLVERS = ("euler", "heun")
 
 
 @dataclass(frozen=True)
@@ -16,9 +19,16 @@ class PlainConfig:
     """steps: grid points (None: the model's default); solver: "euler" (DDIM) or "heun"
     (None: the model's default); eta: 0 samples the PF-ODE, > 0 the DDIM-eta / ancestral SDE."""
 
-    steps: int | None = None
-    solver: str | None = None
-    eta: float = 0.0
+    steps: int | None = shared("steps", None, " (None: the model's default)")
+    solver: str | None = shared("solver", None, " (None: the model's default)", choices=SOLVERS)
+    eta: float = shared("eta", 0.0)
+
+    def __post_init__(self) -> None:
+        check([(self.steps is not None and self.steps < 1, f"--steps {self.steps}: need at least 1 grid point"),
+               (self.solver is not None and self.solver not in SOLVERS,
+                f"--solver {self.solver!r}: choose {' or '.join(SOLVERS)}"),
+               (not is_finite(self.eta) or self.eta < 0, f"--eta {self.eta}: need a finite eta >= 0")],
+              "sampler")
 
 
 def sample_plain(context: RunContext, indices: list[int] | range, config: PlainConfig,
@@ -28,7 +38,7 @@ def sample_plain(context: RunContext, indices: list[int] | range, config: PlainC
     Stream i yields z_T first, then one z per stochastic step, as diffusers' pipelines draw them.
     """
     model = context.model
-    sigmas = model.sigmas(config.steps or model.default_steps)
+    sigmas = model.sigmas(model.default_steps if config.steps is None else config.steps)
     streams = context.noise_streams(indices)
     x = model.prior_std(float(sigmas[0])) * streams.draw()
 
@@ -49,6 +59,10 @@ class Plain:
 
     def __init__(self, config: PlainConfig = PlainConfig()):
         self.config = config
+
+    def plan(self, problem: Problem, budget: int | None) -> "Plain":
+        """Plain spends no query: every budget is fine."""
+        return self
 
     def run(self, context: RunContext) -> MethodResult:
         with torch.inference_mode():
