@@ -2,6 +2,7 @@
 choose / undo / finish flow, two tabs, a closed browser, resume by replay, the run folder."""
 
 import csv
+import http.client
 import importlib.util
 import io
 import json
@@ -18,7 +19,7 @@ from noisealign.methods.demon import Demon, DemonConfig, DemonSession
 from noisealign.models.gmm import GaussianMixture
 from noisealign.rewards.human import HumanChoice
 from noisealign.ui import HumanSession, RunSpec, UIServer
-from noisealign.ui.server import exposure_warning
+from noisealign.ui.server import TOKEN_HEADER, exposure_warning
 from noisealign.ui.session import RUN_FILES
 from test_ui_support import SMALL, TinyImages, base_url, call, tiny_problem
 
@@ -80,6 +81,7 @@ def test_stale_token_after_restart(session):
     with UIServer(session) as first:
         old_token = first.token
         assert _choose(first, [1])[0] == 200
+    session.close()
     resumed = HumanSession.resume(session.run_dir, model=TinyImages())
     with UIServer(resumed) as second:
         assert second.token != old_token
@@ -112,7 +114,7 @@ def test_choose_undo_finish_flow_and_run_folder(server, session):
     run = session.run_dir
     assert {p.name for p in run.iterdir()} == set(RUN_FILES)
     result = json.loads((run / "result.json").read_text())
-    assert result["reward"] == "human" and result["reward_source"] == "human" and result["status"] == "finished"
+    assert result["reward"] == "human" and result["reward_source"] == "human" and result["status"] == "complete"
     assert result["demon_steps"] == 3 and result["undone"] == 1 and result["reward_queries"] == 3 * K
     assert result["config"]["method"]["K"] == K
     choices = json.loads((run / "choices.json").read_text())
@@ -184,6 +186,7 @@ def test_resume_replays_to_the_same_bits(session):
     session.undo()
     session.choose([3])
     session.choose([1, 2])
+    session.close()
     resumed = HumanSession.resume(session.run_dir, model=TinyImages())
     assert resumed.replay_diverged_at is None and resumed.undone == 1
     assert torch.equal(resumed.x, session.x) and torch.equal(resumed.candidates, session.candidates)
@@ -195,7 +198,7 @@ def test_resume_replays_to_the_same_bits(session):
         each.choose([0])
         each.finish()
     assert torch.equal(resumed.output, session.output)
-
+    resumed.close()
     again = HumanSession.resume(session.run_dir, model=TinyImages())  # a finished run resumes finished
     assert again.finished and torch.equal(again.output, session.output)
 
@@ -207,6 +210,7 @@ def test_resume_notices_a_drifted_replay_and_refuses_an_edited_file(session):
     data = json.loads(path.read_text())
     data["choices"][1]["x_sha256"] = "0" * 64
     path.write_text(json.dumps(data))
+    session.close()
     assert HumanSession.resume(session.run_dir, model=TinyImages()).replay_diverged_at == data["choices"][1]["step"]
     data["choices"][1]["step"] = 7
     path.write_text(json.dumps(data))
@@ -227,6 +231,7 @@ def test_bad_requests_get_one_clear_line(server):
         (_post(server, "/api/choose", chosen=[0]), 400, "\"version\""),
         (_post(server, "/api/undo", version=version), 409, "nothing to undo"),
         (call(base, "POST", "/api/choose", server.token, raw=b"{oops"), 400, "not JSON"),
+        (call(base, "POST", "/api/choose", server.token, raw=b"[" * 60000), 400, "not JSON"),
         (call(base, "POST", "/api/choose", server.token, raw=b"x" * 70000), 413, "limit"),
         (call(base, "GET", "/api/state?known=abc", server.token), 400, "not a state version"),
         (call(base, "GET", "/api/nothing", server.token), 404, "no such page"),
@@ -236,6 +241,51 @@ def test_bad_requests_get_one_clear_line(server):
     for (status, answer), expected_status, text in cases:
         assert status == expected_status and text in answer["error"] and "\n" not in answer["error"], answer
     assert server.session.choices == []
+
+
+def _raw_post(server, content_length: str, body: bytes) -> tuple[int, dict]:
+    """POST /api/choose with a Content-Length of our choosing, whatever the body's real length."""
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    try:
+        connection.putrequest("POST", "/api/choose")
+        connection.putheader(TOKEN_HEADER, server.token)
+        connection.putheader("Content-Length", content_length)
+        connection.endheaders(body)
+        response = connection.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        connection.close()
+
+
+@pytest.mark.parametrize("content_length, body, status, text", [
+    ("abc", b"{}", 400, "not a byte count"),
+    ("-1", b"{}", 400, "not a byte count"),
+    ("1e3", b"{}", 400, "not a byte count"),
+    ("70000", b"{}", 413, "limit"),
+    ("10", b"{}", 400, "ended before"),  # the rest never comes: the socket timeout ends the wait
+])
+def test_a_bad_content_length_is_one_line_not_a_traceback_or_a_hang(server, capfd, content_length, body, status,
+                                                                    text):
+    server.httpd.RequestHandlerClass.timeout = 0.5
+    answer = _raw_post(server, content_length, body)
+    assert answer[0] == status and text in answer[1]["error"] and "\n" not in answer[1]["error"], answer
+    assert "Traceback" not in capfd.readouterr().err and server.session.choices == []
+
+
+def test_the_download_name_cannot_inject_a_header(tmp_path):
+    session = HumanSession.start(tiny_problem(), SMALL, seed=0, out=tmp_path / "run\r\nX-Injected: 1 é")
+    session.choose([0])
+    session.finish()
+    with UIServer(session) as server:
+        connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+        connection.request("GET", "/api/download", headers={TOKEN_HEADER: server.token})
+        response = connection.getresponse()
+        payload = response.read()
+        connection.close()
+    assert response.status == 200 and zipfile.ZipFile(io.BytesIO(payload)).namelist()
+    assert response.getheader("X-Injected") is None
+    assert response.getheader("Content-Disposition") == (
+        "attachment; filename=\"run__X-Injected__1__.zip\"; filename*=UTF-8''run%0D%0AX-Injected%3A%201%20%C3%A9.zip")
 
 
 def test_download_zips_the_finished_run_folder(server, session):
@@ -286,6 +336,7 @@ def test_bundled_digits_model_offline(tmp_path):
     assert session.candidates.shape == (4, 1, 8, 8)
     session.choose([0, 1])
     session.choose([2])
+    session.close()
     resumed = HumanSession.resume(session.run_dir)  # loads "digits" by name, offline
     assert torch.equal(resumed.x, session.x) and resumed.replay_diverged_at is None
     session.finish()

@@ -32,7 +32,7 @@ def test_bad_input_is_one_line(tmp_path, capsys, monkeypatch):
     _one_line_error(capsys, ["ui", "--resume", str(tmp_path), "--K", "4", "--model", "digits"], "drop --model, --K")
     _one_line_error(capsys, ["ui", "--port", "70000"], "not a port")
     _one_line_error(capsys, ["ui", "--finish"], "give it with --resume")
-    monkeypatch.setitem(registry.MODELS, "tiny-images", lambda device, dtype: TinyImages())
+    monkeypatch.setitem(registry.MODELS, "tiny-images", (lambda: TinyImages(), ()))
     _one_line_error(capsys, ["ui", "--model", "tiny-images", "--K", "0", "--no-browser"], "--K 0")
     _one_line_error(capsys, ["ui", "--model", "tiny-images", "--beta", "0", "--no-browser"], "--beta 0")
     with pytest.raises(SystemExit) as exit_info:
@@ -99,11 +99,12 @@ def test_finish_a_saved_run_without_a_server(tmp_path, monkeypatch, capsys):
                                  spec=RunSpec("tiny-images"))
     session.choose([1, 2])
     session.choose([0])  # ...and the browser was closed
-    monkeypatch.setitem(registry.MODELS, "tiny-images", lambda device, dtype: TinyImages())
+    session.close()
+    monkeypatch.setitem(registry.MODELS, "tiny-images", (lambda: TinyImages(), ()))
     assert cli.main(["ui", "--resume", str(session.run_dir), "--finish"]) == 0
     assert "finished after 2 chosen steps" in capsys.readouterr().out
     result = json.loads((session.run_dir / "result.json").read_text())
-    assert result["status"] == "finished" and result["demon_steps"] == 2
+    assert result["status"] == "complete" and result["demon_steps"] == 2
     finished_by_cli = (session.run_dir / "image.png").read_bytes()
     session.finish()  # the first process finishes its own copy: it rewrites the very same image
     assert (session.run_dir / "image.png").read_bytes() == finished_by_cli

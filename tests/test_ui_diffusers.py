@@ -27,10 +27,11 @@ def test_a_diffusers_pipeline_folder_works_like_any_model(tmp_path):
     session = HumanSession.start(problem, config, seed=0, out=tmp_path / "run", spec=spec)
     assert session.candidates.shape == (3, 3, diffusers_tiny.SIZE, diffusers_tiny.SIZE)
     session.choose([0, 2])
+    session.close()
     resumed = HumanSession.resume(session.run_dir)  # reloads the pipeline from its folder
     assert torch.equal(resumed.x, session.x) and resumed.replay_diverged_at is None
     resumed.finish()
     result = json.loads((session.run_dir / "result.json").read_text())
-    assert result["model"] == str(folder) and result["config"]["scheduler"] == "ddim"
+    assert result["model"] == str(folder) and result["config"]["model_options"]["scheduler"] == "ddim"
     assert result["prompt"] == "a cat" and result["config"]["guidance"] == 1.0
     assert (session.run_dir / "image.png").exists()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import signal
 import threading
 import time
 from collections import deque
@@ -27,6 +28,7 @@ from PIL import Image
 from noisealign.errors import NoiseAlignError
 from noisealign.rewards.registry import parse_reward
 from noisealign.rewards.vlm import VlmJudge, VlmJudgeConfig, vlm_options_from_args
+from noisealign.rewards.vlm_client import redact, safe_url
 from noisealign.rewards.vlm_log import JsonlLog
 from noisealign.rewards.vlm_protocol import (EXAMPLES, SCENARIOS, InvalidReply, encode_images,
                                              parse_answer)
@@ -54,6 +56,7 @@ class Seen:
     at: float
     headers: dict[str, str]
     body: dict
+    path: str = ""
 
     def images(self) -> list[np.ndarray]:
         urls = [part["image_url"]["url"] for part in self.body["messages"][1]["content"]
@@ -91,7 +94,7 @@ class FakeVlm:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                seen = Seen(time.monotonic(), dict(self.headers), body)
+                seen = Seen(time.monotonic(), dict(self.headers), body, self.path)
                 with fake.lock:
                     fake.seen.append(seen)
                     fake.active += 1
@@ -282,6 +285,30 @@ def test_a_bad_reply_is_retried_and_the_retry_answers(fake, tmp_path, name):
     assert records[0]["request_id"] == records[1]["request_id"] and records[0]["error"]
 
 
+NESTED_REPLIES = {
+    "unclosed body": Reply(body="[" * 100000),
+    "deep body": Reply(body='{"choices": ' + "[" * 500 + "]" * 500 + "}"),
+    "unclosed answer": chat('{"a": ' * 100000),
+}
+
+
+@pytest.mark.parametrize("name", list(NESTED_REPLIES))
+def test_deeply_nested_json_is_a_malformed_reply_logged_and_retried(fake, tmp_path, name):
+    fake.script.append(NESTED_REPLIES[name])
+    rewards = make_judge(fake, tmp_path)(candidates([0.1, 0.9]), [""] * 2)
+    assert rewards.tolist() == [-1.0, 1.0]
+    records = log_records(tmp_path)
+    assert [r["outcome"] for r in records] == ["retry", "ok"] and "nest" in records[0]["error"]
+
+
+def test_deeply_nested_json_to_the_end_is_one_noisealign_line(fake, tmp_path):
+    fake.script.extend([Reply(body="[" * 100000), chat('{"a": ' * 100000)])
+    with pytest.raises(NoiseAlignError) as caught:
+        make_judge(fake, tmp_path, max_retries=1)(candidates([0.1, 0.9]), [""] * 2)
+    assert "\n" not in str(caught.value) and "too deeply" in str(caught.value)
+    assert [r["outcome"] for r in log_records(tmp_path)] == ["retry", "failed"]
+
+
 # --- timeouts, backoff, errors ----------------------------------------------------------------
 
 def test_a_reply_slower_than_the_timeout_is_retried(fake, tmp_path):
@@ -372,6 +399,49 @@ def test_the_key_is_never_written_to_the_run_directory(fake, tmp_path):
     assert KEY not in json.dumps(asdict(judge.config))
 
 
+def test_a_short_key_is_sent_but_never_mangles_replies_or_the_log(fake, tmp_path):
+    outputs = candidates([0.1, 0.9])
+    config = VlmJudgeConfig(base_url=fake.url, model="fake-vl", max_retries=0)
+    judge = VlmJudge(config, api_key="a")
+    judge.attach_run_dir(tmp_path)
+    assert judge(outputs, [""] * 2).tolist() == [-1.0, 1.0]
+    assert fake.seen[0].headers["Authorization"] == "Bearer a"
+    (record,) = log_records(tmp_path)
+    assert record["images"] == [image.sha256 for image in encode_images(outputs, 128, 512)]
+    assert record["response"]["object"] == "chat.completion" and record["headers"]["Authorization"] == "Bearer ***"
+
+
+def test_redact_hides_keys_of_eight_characters_or_more_and_leaves_shorter_ones_alone():
+    assert redact("a banana", "a") == redact("a banana", "ana") == "a banana"
+    assert redact(f"sk-{KEY}, {json.dumps(KEY)}", KEY) == 'sk-***, "***"'
+    assert redact('echo "quo\\"te-12345"', 'quo"te-12345') == 'echo "***"'
+
+
+def test_credentials_in_the_base_url_are_used_for_requests_but_never_shown(fake, tmp_path, capfd):
+    secrets = {"password": "pw-0123-hidden", "api-key": "k1-hidden", "key": "k2-hidden", "token": "t3-hidden",
+               "sig": "s4-hidden"}
+    host = fake.url.split("//", 1)[1]  # 127.0.0.1:PORT/v1
+    query = "&".join(f"{name}={value}" for name, value in secrets.items() if name != "password")
+    url = f"http://me:{secrets['password']}@{host}?{query}&api-version=2024-06-01"
+    fake.script.extend([Reply(status=500, body="down")] * 2)
+    judge = VlmJudge(VlmJudgeConfig(base_url=url, model="fake-vl", backoff_s=0.01, max_retries=1), api_key="")
+    judge.attach_run_dir(tmp_path)
+    with pytest.raises(NoiseAlignError) as caught:
+        judge(candidates([0.1, 0.9]), [""] * 2)
+    sent = fake.seen[0]
+    assert sent.path == f"/v1/chat/completions?{query}&api-version=2024-06-01"
+    assert sent.headers["Authorization"] == "Basic " + base64.b64encode(f"me:{secrets['password']}".encode()).decode()
+    shown = safe_url(url)
+    assert shown == f"http://***@{host}?api-key=***&key=***&token=***&sig=***&api-version=2024-06-01"
+    message, log = str(caught.value), (tmp_path / "vlm_log.jsonl").read_text()
+    assert f"{fake.url}/chat/completions?api-key=***&key=***&token=***&sig=***&api-version=2024-06-01" in message
+    assert judge.config.base_url == shown and log_records(tmp_path)[0]["headers"]["Authorization"] == "Basic ***"
+    with pytest.raises(NoiseAlignError) as refused:
+        VlmJudgeConfig(base_url=f"ftp://me:{secrets['password']}@{host}")
+    for text in (message, log, json.dumps(asdict(judge.config)), str(refused.value), capfd.readouterr().err):
+        assert not [secret for secret in secrets.values() if secret in text], text
+
+
 def test_the_log_scrubs_the_key_from_whatever_it_is_given(tmp_path):
     log = JsonlLog(tmp_path / "vlm_log.jsonl", KEY)
     log.write({"reply": f"echo {KEY}", "nested": {"quoted": json.dumps(KEY)}})
@@ -428,6 +498,26 @@ def test_concurrent_requests_stay_within_max_concurrency(tmp_path):
     finally:
         server.stop()
     assert len(server.seen) == 10 and server.max_active == 3
+
+
+def test_ctrl_c_stops_the_batch_at_once_and_no_request_starts_after_it(tmp_path):
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("SIGINT reaches the main thread only")
+    server = FakeVlm(delay=3.0)  # every answer comes after the attempt timed out
+    judge = make_judge(server, tmp_path, mode="score", max_concurrency=2, timeout_s=1.0)
+    interrupt = threading.Timer(0.4, signal.pthread_kill, (threading.main_thread().ident, signal.SIGINT))
+    started = time.monotonic()
+    interrupt.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            judge(candidates(), [""] * 5)
+        returned = time.monotonic() - started
+        time.sleep(1.5)  # the two attempts in flight have timed out by now: no retry may follow
+    finally:
+        interrupt.cancel()
+        server.stop()
+    print(f"Ctrl-C at 0.4 s: the judge returned after {returned:.2f} s; {len(server.seen)} request(s) sent")
+    assert returned < 1.5 and len(server.seen) == 2
 
 
 def test_requests_per_minute_spaces_the_requests(fake, tmp_path):

@@ -19,7 +19,8 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from .errors import BudgetExhausted, NonFiniteReward
+from .errors import BudgetExhausted, NoiseAlignError, NonFiniteReward, RewardFailed
+from .stopping import stop_point
 
 
 @dataclass
@@ -54,15 +55,10 @@ class Ledger:
         self.network_evaluations += batch * evaluations_per_sample
 
     def score(self, reward, outputs: Tensor, prompts: Sequence[str]) -> Tensor:
-        """reward(outputs, prompts), charged to the budget and checked to be finite."""
+        """reward(outputs, prompts), charged to the budget and checked (`checked_reward`)."""
+        stop_point()
         self.charge_queries(len(outputs))
-        values = reward(outputs, prompts)
-        if not torch.isfinite(values).all():
-            bad = int((~torch.isfinite(values)).sum())
-            raise NonFiniteReward(
-                f"reward {getattr(reward, 'name', reward)!r} returned {bad} non-finite value(s) "
-                f"after {self.reward_queries} queries; check the reward model and its inputs")
-        return values
+        return checked_reward(reward, outputs, prompts, f"after {self.reward_queries} queries")
 
     def snapshot(self) -> dict[str, float]:
         return {"queries": self.reward_queries, "nfe": self.nfe, "seconds": round(self.seconds, 4)}
@@ -76,5 +72,34 @@ class CountedDenoiser:
         self.per_sample = getattr(denoiser, "evaluations_per_call", 1)
 
     def __call__(self, x: Tensor, sigma) -> Tensor:
+        stop_point()
         self.ledger.charge_denoiser(len(x), self.per_sample)
         return self.denoiser(x, sigma)
+
+
+def checked_reward(reward, outputs: Tensor, prompts: Sequence[str], when: str) -> Tensor:
+    """reward(outputs, prompts), which must be a finite floating-point tensor of shape (B,).
+
+    Anything else (an exception from the reward, a list, an integer tensor, a wrong shape,
+    NaN or infinity) is one RewardFailed / NonFiniteReward line naming the reward and `when`.
+    """
+    name = getattr(reward, "name", type(reward).__name__)
+    try:
+        values = reward(outputs, prompts)
+    except (NoiseAlignError, KeyboardInterrupt):
+        raise
+    except Exception as error:  # a reward is user code: any failure ends the run, keeping what it computed
+        detail = (str(error).strip().splitlines() or [""])[0][:200]
+        raise RewardFailed(f"reward {name!r} raised {type(error).__name__}: {detail} ({when}); "
+                           "fix the reward or its inputs") from error
+    expected = (len(outputs),)
+    if not isinstance(values, Tensor) or not values.is_floating_point() or tuple(values.shape) != expected:
+        got = (f"a {values.dtype} tensor of shape {tuple(values.shape)}" if isinstance(values, Tensor)
+               else f"a {type(values).__name__}")
+        raise RewardFailed(f"reward {name!r} returned {got} ({when}); a reward returns a float tensor of "
+                           f"shape {expected}, one value per output")
+    if not torch.isfinite(values).all():
+        bad = int((~torch.isfinite(values)).sum())
+        raise NonFiniteReward(f"reward {name!r} returned {bad} non-finite value(s) ({when}); "
+                              "check the reward model and its inputs")
+    return values

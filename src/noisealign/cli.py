@@ -4,22 +4,52 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 from typing import Sequence
 
 from tqdm import tqdm
 
 from .errors import NoiseAlignError
-
-DEFAULT_REWARDS = {"digits": "digit:3", "gmm": "coordinate:0"}
+from .options import config_from_namespace, finite_float, integer
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse, but a bad flag is one line on stderr and exit status 2."""
+    """argparse, but a bad flag is one line on stderr and exit status 2; no abbreviated flags
+    (with per-method flags, `--q` must never silently mean `--quiet`)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, allow_abbrev=False, **kwargs)
 
     def error(self, message: str) -> None:
         self.exit(2, f"error: {message}; see `{self.prog} --help`\n")
+
+
+class _GenerateHelp(argparse.Action):
+    """`generate --help`: the shared options, then each method's own options."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings, dest, nargs=0, default=default, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        from .methods.registry import METHODS
+
+        sections = [parser.format_help()]
+        for name, entry in METHODS.items():
+            method_parser = _method_parser(name)
+            text = method_parser.format_help().split("\n\n", 1)[-1]   # drop the usage line
+            sections.append(text if entry.flags() else f"{name} options:\n  (none)\n")
+        parser.exit(0, "\n".join(sections))
+
+
+def _method_parser(name: str) -> _Parser:
+    """The flags of method `name` alone (two methods may share a flag name)."""
+    from .methods.registry import METHODS
+
+    entry = METHODS[name]
+    parser = _Parser(prog=f"noisealign generate --method {name}", add_help=False)
+    entry.add_arguments(parser.add_argument_group(f"{name} options ({entry.summary})"))
+    return parser
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,45 +59,48 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="noisealign", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     generate = commands.add_parser(
-        "generate", help="align one sample toward a reward and write a run folder",
+        "generate", help="align one sample toward a reward and write a run folder", add_help=False,
         description="Align a diffusion model's sample toward a reward at test time. Writes OUT/result.json, "
                     "image.png (aligned), baseline.png (plain sample, same seed), trace.csv and, where a "
-                    "method optimizes or chooses noise, noise.pt.")
+                    "method optimizes or chooses noise, noise.pt. Each method's options follow the shared ones; "
+                    "an option of another method is an error.")
+    generate.add_argument("-h", "--help", action=_GenerateHelp, help="show every option of every method and exit")
     generate.add_argument("--model", default="digits",
                           help="digits (bundled, default), gmm, or a diffusers hub id / local folder "
                                "(SD 1.x/2.x, SDXL, SD-Turbo/SDXL-Turbo, SD3)")
     generate.add_argument("--prompt", default="",
                           help='text prompt; for digits a digit "0".."9" or "" (unconditional, default)')
     generate.add_argument("--negative-prompt", default="", help="negative prompt for guidance")
-    generate.add_argument("--guidance", type=float, default=None, help="CFG scale (default: the model's)")
+    generate.add_argument("--guidance", type=finite_float, default=None, help="CFG scale (default: the model's)")
     generate.add_argument("--reward", default=None,
                           help="reward spec, e.g. digit:3, jpeg, brightness, digit:3+0.5*brightness "
-                               "(default: digit:3 for digits, aesthetic for diffusers models)")
-    generate.add_argument("--method", default="demon", choices=sorted(METHODS),
+                               "(default: digit:3 for digits, coordinate:0 for gmm, aesthetic for diffusers models)")
+    generate.add_argument("--method", default="demon", choices=list(METHODS),
                           help="; ".join(f"{name}: {entry.summary}" for name, entry in METHODS.items()))
-    generate.add_argument("--budget", type=int, default=256,
+    generate.add_argument("--budget", type=integer, default=256,
                           help="reward queries the method may spend: the knob that makes methods comparable")
-    generate.add_argument("--seed", type=int, default=0, help="same seed, same result (bit for bit on CPU)")
-    generate.add_argument("--grid", type=int, default=1,
+    generate.add_argument("--seed", type=integer, default=0,
+                          help="same seed, same result (docs/determinism.md says under which conditions); 0 .. 2^63-1")
+    generate.add_argument("--grid", type=integer, default=1,
                           help="also run seeds seed+1 .. seed+GRID-1 and write grid.png (baselines above, aligned below)")
     generate.add_argument("--out", default=None, help="run folder (default: a new folder under runs/); never overwritten")
-    generate.add_argument("--device", default="cpu", help="torch device of the model, e.g. cuda")
-    generate.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"], help="model precision")
-    generate.add_argument("--height", type=int, default=None, help="diffusers models: image height in pixels")
-    generate.add_argument("--width", type=int, default=None, help="diffusers models: image width in pixels")
-    generate.add_argument("--scheduler", choices=["ddim", "euler", "karras"], default=None,
-                          help="diffusers models: the plain sampler's sigma grid, as diffusers' DDIM or Euler "
-                               "scheduler would space it, or Karras (default: the checkpoint's own)")
+    _add_model_arguments(generate.add_argument_group("model loading options (each model takes some; "
+                                                      "one it does not take is an error)"))
+    generate.add_argument("--threads", type=integer, default=None,
+                          help="torch CPU threads (default: torch's; recorded in result.json)")
+    generate.add_argument("--offline", action="store_true",
+                          help="forbid every download (also NOISEALIGN_OFFLINE=1); missing weights are one error line")
     generate.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_vlm_arguments(generate.add_argument_group("vlm reward options (see docs/vlm.md)"))
-    for name, entry in METHODS.items():
-        entry.add_arguments(generate.add_argument_group(f"{name} options"))
 
     regenerate = commands.add_parser(
         "regenerate", help="rebuild a run's aligned sample from its saved noise.pt and config",
-        description="Rebuild RUN_DIR's aligned sample from noise.pt and result.json, write "
-                    "RUN_DIR/regenerated.png (or .json) and say whether it equals the saved one bit for bit.")
+        description="Rebuild RUN_DIR's aligned sample from noise.pt and result.json (no reward is built or "
+                    "contacted), write RUN_DIR/regenerated.png (or .json) and say whether it equals the saved "
+                    "one bit for bit (exit 0) or not (exit 1).")
     regenerate.add_argument("run_dir", help="a run folder written by `noisealign generate`")
+    regenerate.add_argument("--threads", type=integer, default=None,
+                            help="torch CPU threads (default: the run's, from result.json)")
 
     ui = commands.add_parser(
         "ui", help="align a sample by hand: a local web page shows each Demon step's candidates, you choose",
@@ -75,6 +108,18 @@ def build_parser() -> argparse.ArgumentParser:
                     "images you prefer (chosen +1, others -1), undo, finish, download the run folder.")
     add_ui_arguments(ui)
     return parser
+
+
+def _add_model_arguments(group: argparse._ArgumentGroup) -> None:
+    group.add_argument("--device", default=None, help="torch device of the model, e.g. cuda (digits and diffusers "
+                                                      "models; default cpu)")
+    group.add_argument("--dtype", default=None, choices=["fp32", "fp16", "bf16"],
+                       help="diffusers models: network precision (default fp32)")
+    group.add_argument("--height", type=integer, default=None, help="diffusers models: image height in pixels")
+    group.add_argument("--width", type=integer, default=None, help="diffusers models: image width in pixels")
+    group.add_argument("--scheduler", choices=["ddim", "euler", "karras"], default=None,
+                       help="diffusers models: the plain sampler's sigma grid, as diffusers' DDIM or Euler "
+                            "scheduler would space it, or Karras (default: the checkpoint's own)")
 
 
 def _add_vlm_arguments(group: argparse._ArgumentGroup) -> None:
@@ -100,89 +145,109 @@ def _reward_registry(args: argparse.Namespace) -> dict:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
     try:
+        if args.command == "generate":
+            _parse_method_flags(args, rest)
+        elif rest:
+            parser.error(f"unrecognized arguments: {' '.join(rest)}")
+        if getattr(args, "offline", False):
+            from .rewards.hub import forbid_downloads
+
+            forbid_downloads()
+        if getattr(args, "threads", None) is not None:
+            _set_threads(args.threads)
         if args.command == "ui":
             from .ui.launch import main as ui_main
 
             return ui_main(args)
-        return _generate(args) if args.command == "generate" else _regenerate(Path(args.run_dir))
+        return _generate(args) if args.command == "generate" else _regenerate(Path(args.run_dir), args.threads)
     except NoiseAlignError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
 
 
-def _generate(args: argparse.Namespace) -> int:
-    from .align import align, baseline
-    from .methods.base import Problem
+def _parse_method_flags(args: argparse.Namespace, rest: list[str]) -> None:
+    """Parse the chosen method's own flags from what the shared parser left; a flag that only
+    another method takes is an error naming that method."""
+    from .methods.registry import methods_taking
+
+    parser = _method_parser(args.method)
+    _, unknown = parser.parse_known_args(rest, namespace=args)
+    if unknown:
+        flag = unknown[0].split("=", 1)[0]
+        owners = methods_taking(flag) if flag.startswith("--") else []
+        if owners:
+            parser.error(f"{flag} is an option of {' and '.join(owners)}, not of {args.method}; "
+                         f"drop it or pass --method {owners[0]}")
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    args.method_config = config_from_namespace(_method_config_type(args.method), args)
+
+
+def _method_config_type(name: str) -> type:
     from .methods.registry import METHODS
-    from .models.registry import load_model
-    from .rewards.registry import parse_reward, reward_terms
-    from .runs import Trace, create_run_dir, save_comparison_grid, save_noises, save_output, write_json
 
-    entry = METHODS[args.method]
-    if args.grid < 1:
-        raise NoiseAlignError(f"--grid must be at least 1, got {args.grid}")
-    if args.budget < 0 or (entry.needs_budget and args.budget < 1):
-        raise NoiseAlignError(f"--budget must be a positive number of reward queries for {args.method}, "
-                              f"got {args.budget}")
-    method = entry.build(args)
-    registry = _reward_registry(args)
-    reward = parse_reward(args.reward, registry) if args.reward else None  # a bad spec fails before loading
-    model = load_model(args.model, device=args.device, dtype=args.dtype, height=args.height, width=args.width,
-                       scheduler=args.scheduler)
-    reward_spec = args.reward or DEFAULT_REWARDS.get(args.model, "aesthetic")
-    reward = reward or parse_reward(reward_spec, registry)
-    problem = Problem(model, reward, args.prompt, args.negative_prompt, args.guidance)
-    out = create_run_dir(args.out, args.method, args.seed)
-    for term in reward_terms(reward):
-        if hasattr(term, "attach_run_dir"):   # e.g. the VLM judge logs every request there
-            term.attach_run_dir(out)
+    return METHODS[name].config_type
+
+
+def _set_threads(threads: int) -> None:
+    import torch
+
+    if threads < 1:
+        raise NoiseAlignError(f"--threads must be at least 1, got {threads}")
+    torch.set_num_threads(threads)
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from .align import RunFailed, RunInterrupted
+    from .generate import RunRequest, execute, prepare
+    from .stopping import stop_on_signals
+
+    options = {k: getattr(args, k) for k in ("device", "dtype", "height", "width", "scheduler")}
+    request = RunRequest(model=args.model, method=args.method, method_config=args.method_config, reward=args.reward,
+                         prompt=args.prompt, negative_prompt=args.negative_prompt, guidance=args.guidance,
+                         budget=args.budget, seed=args.seed, grid=args.grid, out=args.out, model_options=options)
+    run = prepare(request, _reward_registry(args))
     if args.reward is None:
-        print(f"note: no --reward given; aligning the {args.model} model toward {reward_spec}", file=sys.stderr)
-
-    result = {"method": args.method, "model": args.model, "prompt": args.prompt, "reward": reward_spec,
-              "seed": args.seed, "budget": args.budget, "config": _config(method, args)}
-    trace = Trace()
-    baselines, aligned, per_seed = [], [], []
+        print(f"note: no --reward given; aligning the {args.model} model toward {request.reward_spec}", file=sys.stderr)
     try:
-        for seed in range(args.seed, args.seed + args.grid):
-            base = baseline(problem, seed)
-            if seed == args.seed:
-                save_output(base.result.output, out / "baseline")
-                result["baseline_reward"] = base.final_reward
-            with _progress(args, entry.needs_budget, seed) as progress:
-                observe = trace.record if seed == args.seed else None
-                outcome = align(problem, method, seed, args.budget, _chain(observe, progress))
-            baselines.append(base.result.output)
-            aligned.append(outcome.result.output)
-            per_seed.append({"seed": seed, "baseline_reward": base.final_reward, "final_reward": outcome.final_reward,
-                             "reward_queries": outcome.ledger.reward_queries, "nfe": outcome.ledger.nfe,
-                             "seconds": round(outcome.seconds, 3)})
-            if seed == args.seed:
-                _record_primary(result, outcome, out, save_output, save_noises)
-                trace.write(out / "trace.csv")
-                write_json(result, out / "result.json")
-    except NoiseAlignError as error:
-        result["error"] = str(error)
-        trace.write(out / "trace.csv")
-        write_json(result, out / "result.json")
-        raise NoiseAlignError(f"{error} (partial results kept in {out})") from None
-
-    if args.grid > 1:
-        result["grid"] = per_seed
-        result["grid_mean_baseline_reward"] = sum(r["baseline_reward"] for r in per_seed) / len(per_seed)
-        result["grid_mean_final_reward"] = sum(r["final_reward"] for r in per_seed) / len(per_seed)
-        save_comparison_grid(baselines, aligned, out / "grid.png")
-        write_json(result, out / "result.json")
-    print(f"{args.method} on {args.model} toward {reward_spec}: baseline reward {result['baseline_reward']:.4g} "
-          f"-> aligned {result['final_reward']:.4g} ({result['reward_queries']} reward queries, "
-          f"{result['seconds']:.1f} s)")
-    print(f"run folder: {out}")
+        with stop_on_signals():
+            report = execute(run, partial(_progress, args) if not args.quiet else None)
+    except RunInterrupted as stop:
+        if stop.report is not None:
+            print(f"interrupted ({stop}); kept in {stop.report.folder}: {_kept(stop.report.record)}", file=sys.stderr)
+        return stop.exit_code
+    except RunFailed as failure:
+        if failure.report is None:
+            raise
+        print(f"error: {failure} (partial results kept in {failure.report.folder}: {_kept(failure.report.record)})",
+              file=sys.stderr)
+        return 2
+    print(_summary(report.record))
+    print(f"run folder: {report.folder}")
     return 0
 
 
-def _regenerate(run_dir: Path) -> int:
+def _summary(record: dict) -> str:
+    """The line a reader judges the gain by: the plain sampler's reward, the method's own start
+    where it has one (DNO's iterate 0), the aligned reward and what it cost."""
+    start = record.get("start_reward")
+    start_text = "" if start is None else f"; {record['method']} start {start:.4g}"
+    return (f"{record['method']} on {record['model']} toward {record['reward']}: baseline (plain sampler) "
+            f"{record['baseline_reward']:.4g}{start_text} -> aligned {record['final_reward']:.4g} "
+            f"({record['reward_queries']} reward queries, {record['seconds']:.1f} s)")
+
+
+def _kept(record: dict) -> str:
+    reward = record.get("final_reward")
+    if "reward_queries" not in record:
+        return "no sample of the method yet"
+    kept = "the best sample so far" + ("" if reward is None else f" (reward {reward:.4g})")
+    return f"{kept} after {record['reward_queries']} reward queries"
+
+
+def _regenerate(run_dir: Path, threads: int | None) -> int:
     import json
 
     import torch
@@ -191,62 +256,49 @@ def _regenerate(run_dir: Path) -> int:
     from .methods.base import Problem, RunContext
     from .methods.registry import METHODS
     from .models.registry import load_model
-    from .rewards.registry import parse_reward
-    from .runs import save_output
+    from .rewards.base import NO_REWARD
+    from .runs import RunFolder
 
     result_path, noise_path = run_dir / "result.json", run_dir / "noise.pt"
     if not result_path.exists() or not noise_path.exists():
         raise NoiseAlignError(f"{run_dir} has no result.json and noise.pt; pass a folder written by "
                               "`noisealign generate` with a method that saves its noise")
-    result = json.loads(result_path.read_text())
-    config = result["config"]
-    method = METHODS[result["method"]].from_config(config["method"])
+    try:
+        result = json.loads(result_path.read_text())
+        config = result["config"]
+        method = METHODS[result["method"]].from_config(config["method"])
+        model_options, seed = config["model_options"], result["seed"]
+    except (json.JSONDecodeError, KeyError, TypeError) as error:
+        raise NoiseAlignError(f"{result_path} is not a result.json this version of noisealign wrote "
+                              f"({type(error).__name__}: {error}); regenerate needs its method, config and seed") from None
     if not hasattr(method, "regenerate"):
         raise NoiseAlignError(f"method {result['method']!r} cannot regenerate its samples")
-    model = load_model(result["model"], device=config["device"], dtype=config["dtype"], height=config["height"],
-                       width=config["width"], scheduler=config["scheduler"])
-    problem = Problem(model, parse_reward(result["reward"]), result["prompt"], config["negative_prompt"],
-                      config["guidance"])
+    if threads is None and result.get("environment", {}).get("torch_threads"):
+        torch.set_num_threads(result["environment"]["torch_threads"])   # the run's, for the same bits
+    model = load_model(result["model"], **model_options)
+    problem = Problem(model, NO_REWARD, result["prompt"], config["negative_prompt"], config["guidance"])
     noises = torch.load(noise_path, weights_only=True)
-    regenerated = method.regenerate(RunContext(problem, result["seed"], Ledger()), noises)
-    path = save_output(regenerated.output, run_dir / "regenerated")
+    regenerated = method.regenerate(RunContext(problem, seed, Ledger(query_limit=0)), noises)
+    with RunFolder.open(run_dir) as folder:
+        path = folder.save_output(regenerated.output, "regenerated")
     saved = run_dir / f"image{path.suffix}"
-    same = saved.read_bytes() == path.read_bytes()
+    same = saved.exists() and saved.read_bytes() == path.read_bytes()
     print(f"regenerated {path}: {'identical to' if same else 'DIFFERENT from'} {saved}")
     return 0 if same else 1
 
 
-def _config(method, args: argparse.Namespace) -> dict:
-    return {"method": asdict(method.config), "budget": args.budget, "guidance": args.guidance,
-            "negative_prompt": args.negative_prompt, "device": args.device, "dtype": args.dtype, "height": args.height, "width": args.width,
-            "scheduler": args.scheduler, "grid": args.grid}
+def _progress(args: argparse.Namespace, seed: int):
+    """An observer moving a progress bar over the seed's reward queries (off when stderr is no terminal)."""
+    from .methods.registry import METHODS
 
-
-def _progress(args: argparse.Namespace, budgeted: bool, seed: int) -> tqdm:
-    return tqdm(total=args.budget if budgeted else None, unit="query", desc=f"{args.method} seed {seed}",
-                disable=True if args.quiet else None, leave=False, file=sys.stderr)  # None: off when not a terminal
-
-
-def _chain(observe, progress: tqdm):
-    """An observer that records the event (primary seed only) and moves the progress bar."""
+    bar = tqdm(total=args.budget if METHODS[args.method].needs_budget else None, unit="query",
+               desc=f"{args.method} seed {seed}", disable=None, leave=False, file=sys.stderr)
 
     def observer(event) -> None:
-        if observe is not None:
-            observe(event)
-        progress.n = int(event.counts.get("queries", 0))
-        progress.refresh()
+        bar.n = int(event.counts.get("queries", 0))
+        bar.refresh()
 
     return observer
-
-
-def _record_primary(result: dict, outcome, out: Path, save_output, save_noises) -> None:
-    save_output(outcome.result.output, out / "image")
-    if outcome.result.noises:
-        save_noises(outcome.result.noises, out / "noise.pt")
-    result.update(final_reward=outcome.final_reward, method_reward=outcome.result.reward,
-                  reward_queries=outcome.ledger.reward_queries, nfe=outcome.ledger.nfe,
-                  network_evaluations=outcome.ledger.network_evaluations,
-                  seconds=round(outcome.seconds, 3), **outcome.result.info)
 
 
 if __name__ == "__main__":

@@ -11,3 +11,7 @@ class BudgetExhausted(NoiseAlignError):
 
 class NonFiniteReward(NoiseAlignError):
     """A reward returned NaN or infinity; the run stops, keeping what it computed so far."""
+
+
+class RewardFailed(NoiseAlignError):
+    """A reward raised, or returned something other than one float per output."""

@@ -102,7 +102,7 @@ def add_flags(group: argparse._ArgumentGroup, config_type: type, prefix: str = "
             group.add_argument(flag_name(field), action=argparse.BooleanOptionalAction, **common)
             continue
         parse = meta["parse"] or {int: integer, float: finite_float, str: str}[kind]
-        metavar = meta["metavar"] or (None if meta["choices"] else flag_name(field).lstrip("-").upper())
+        metavar = meta["metavar"] or (None if meta["choices"] else field.name.upper())
         group.add_argument(flag_name(field), type=parse, choices=meta["choices"], metavar=metavar, **common)
 
 

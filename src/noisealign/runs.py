@@ -1,20 +1,31 @@
-"""Run directories: result.json, image.png, baseline.png, trace.csv, noise.pt.
+"""Run folders: result.json, image.png, baseline.png, trace.csv, noise.pt.
 
-A run directory is written as results arrive, so a run that fails half way keeps what it
-computed (the baseline, the trace so far, the error in result.json).
+A run folder has one writer. `RunFolder.create` makes it exclusively (a folder that exists
+and is not empty is refused) and holds an advisory lock on it (flock on the folder itself)
+while the run lasts, so a second `generate` or `ui` on the same folder is refused in one
+line. result.json is replaced atomically and is strict JSON (NaN and infinity become null).
+A file that cannot be written (disk full, permissions) is written to a rescue folder under
+the system's temporary directory instead, and the run fails naming both, so a computed
+sample is never lost.
 """
 
 from __future__ import annotations
 
 import csv
+import fcntl
 import json
+import math
+import os
+import platform
+import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import Tensor
 
+from . import __version__
 from .errors import NoiseAlignError
 from .imaging import is_image_batch, save_grid, save_image
 from .methods.base import StepEvent
@@ -22,25 +33,149 @@ from .methods.base import StepEvent
 TRACE_COLUMNS = ["step", "sigma", "queries", "nfe", "seconds", "reward_mean", "reward_std", "reward_max"]
 
 
-def create_run_dir(out: str | None, method: str, seed: int, root: str = "runs") -> Path:
-    """A new, empty run directory; an existing non-empty --out is refused, never overwritten."""
-    if out is not None:
+def check_out(out: str | None) -> None:
+    """Refuse an --out that cannot become a new run folder, before anything is computed."""
+    if out is None:
+        return
+    path = Path(out)
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        raise NoiseAlignError(f"output folder {path} already exists and is not empty; "
+                              "choose another --out or remove it")
+    parent = next((p for p in [path, *path.parents] if p.exists()), Path("."))
+    if not parent.is_dir():
+        raise NoiseAlignError(f"cannot create output folder {path}: {parent} is a file; choose another --out")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise NoiseAlignError(f"cannot create output folder {path}: {parent} is not writable; choose another --out")
+
+
+class RunFolder:
+    """One run's folder, locked by this process while it writes."""
+
+    def __init__(self, path: Path, lock: int):
+        self.path, self._lock = path, lock
+        self.rescued: list[str] = []   # files written to the rescue folder instead, with why
+
+    @classmethod
+    def create(cls, out: str | None, name: str, root: str = "runs") -> "RunFolder":
+        """A new, empty run folder: --out, or runs/<time>-<name> when out is None."""
+        if out is None:
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            for attempt in range(1000):
+                path = Path(root) / (f"{stamp}-{name}" + ("" if attempt == 0 else f"-{attempt}"))
+                try:
+                    path.mkdir(parents=True)
+                    return cls._locked(path, new=True)
+                except FileExistsError:
+                    continue
+            raise NoiseAlignError(f"could not create a new run folder under {root}; pass --out")
+        check_out(out)
         path = Path(out)
-        if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise NoiseAlignError(f"cannot create output folder {path} ({error.strerror}); choose another --out") from None
+        return cls._locked(path, new=True)
+
+    @classmethod
+    def open(cls, path: str | Path) -> "RunFolder":
+        """An existing run folder, to continue writing it (e.g. `noisealign ui --resume`)."""
+        path = Path(path)
+        if not path.is_dir():
+            raise NoiseAlignError(f"{path} is not a run folder")
+        return cls._locked(path, new=False)
+
+    @classmethod
+    def _locked(cls, path: Path, new: bool) -> "RunFolder":
+        descriptor = os.open(path, os.O_RDONLY)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(descriptor)
+            raise NoiseAlignError(f"another noisealign process is writing to {path}; wait for it to end, "
+                                  "or choose another folder") from None
+        if new and any(path.iterdir()):   # another process created and finished it between our check and lock
+            os.close(descriptor)
             raise NoiseAlignError(f"output folder {path} already exists and is not empty; "
                                   "choose another --out or remove it")
-        path.mkdir(parents=True, exist_ok=True)
-        return path
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    for attempt in range(1000):
-        suffix = "" if attempt == 0 else f"-{attempt}"
-        path = Path(root) / f"{stamp}-{method}-seed{seed}{suffix}"
+        return cls(path, descriptor)
+
+    def close(self) -> None:
+        """Release the lock (the process's exit does too)."""
+        if self._lock >= 0:
+            os.close(self._lock)
+            self._lock = -1
+
+    def __del__(self) -> None:
+        self.close()
+
+    def __enter__(self) -> "RunFolder":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # ---- writing, each file replaced atomically, rescued elsewhere if the folder refuses it --------
+
+    def write(self, name: str, writer: Callable[[Path], None]) -> Path:
+        """writer(tmp) then rename to `name`; on OSError, write to the rescue folder instead."""
+        target = self.path / name
+        tmp = target.with_name(f".{name}.tmp")
         try:
-            path.mkdir(parents=True)
-            return path
-        except FileExistsError:
-            continue
-    raise NoiseAlignError(f"could not create a new run folder under {root}; pass --out")
+            writer(tmp)
+            os.replace(tmp, target)
+            return target
+        except OSError as error:
+            rescue = Path(tempfile.gettempdir()) / f"noisealign-rescue-{os.getpid()}" / self.path.name
+            rescue.mkdir(parents=True, exist_ok=True)
+            writer(rescue / name)
+            self.rescued.append(f"{name} ({error.strerror or error}) -> {rescue / name}")
+            return rescue / name
+
+    def write_result(self, record: dict[str, Any]) -> None:
+        self.write("result.json", lambda path: path.write_text(
+            json.dumps(strict_json(record), indent=2, allow_nan=False) + "\n"))
+
+    def save_output(self, output: Tensor, stem: str) -> Path:
+        """An image as PNG; a non-image output (e.g. a gmm point) as JSON numbers."""
+        if is_image_batch(output):
+            return self.write(f"{stem}.png", lambda path: save_image(output[0], path, format="PNG"))
+        values = output.detach().double().cpu().tolist()
+        return self.write(f"{stem}.json", lambda path: path.write_text(json.dumps(strict_json(values))))
+
+    def save_noises(self, noises: dict[str, Tensor]) -> None:
+        saved = {k: v.detach().cpu() for k, v in noises.items()}
+        self.write("noise.pt", lambda path: torch.save(saved, path))
+
+    def write_trace(self, trace: "Trace") -> None:
+        self.write("trace.csv", trace.write)
+
+    def save_comparison_grid(self, baselines: list[Tensor], aligned: list[Tensor]) -> None:
+        """Baselines on the top row, aligned samples below (image outputs only)."""
+        if is_image_batch(baselines[0]):
+            rows = [[b[0] for b in baselines], [a[0] for a in aligned]]
+            self.write("grid.png", lambda path: save_grid(rows, path, format="PNG"))
+
+    def check_rescued(self) -> None:
+        """NoiseAlignError naming where the files went, if any could not be written in the folder."""
+        if self.rescued:
+            raise NoiseAlignError(f"could not write into {self.path}: {'; '.join(self.rescued)}")
+
+
+def strict_json(value: Any) -> Any:
+    """`value` with every non-finite float replaced by None, so json.dumps(allow_nan=False) holds."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(v) for v in value]
+    return value
+
+
+def environment() -> dict[str, Any]:
+    """What bit-identical reruns depend on (docs/determinism.md): versions and the thread count."""
+    return {"noisealign": __version__, "torch": torch.__version__, "python": platform.python_version(),
+            "torch_threads": torch.get_num_threads(), "machine": platform.machine()}
 
 
 class Trace:
@@ -74,30 +209,3 @@ def _cell(value: Any) -> Any:
     if isinstance(value, float):
         return f"{value:.6g}"
     return value
-
-
-def save_output(output: Tensor, path_stem: Path) -> Path:
-    """An image as PNG; a non-image output (e.g. a gmm point) as JSON numbers."""
-    if is_image_batch(output):
-        path = path_stem.with_suffix(".png")
-        save_image(output[0], path)
-    else:
-        path = path_stem.with_suffix(".json")
-        path.write_text(json.dumps(output.detach().double().cpu().tolist()))
-    return path
-
-
-def save_comparison_grid(baselines: list[Tensor], aligned: list[Tensor], path: Path) -> bool:
-    """Baselines on the top row, aligned samples below; False when outputs are not images."""
-    if not is_image_batch(baselines[0]):
-        return False
-    save_grid([[b[0] for b in baselines], [a[0] for a in aligned]], path)
-    return True
-
-
-def write_json(data: dict[str, Any], path: Path) -> None:
-    path.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
-
-
-def save_noises(noises: dict[str, Tensor], path: Path) -> None:
-    torch.save({k: v.detach().cpu() for k, v in noises.items()}, path)

@@ -125,7 +125,15 @@ def _read_json(path: Path, name: str) -> dict:
     if not path.is_file():
         raise NoiseAlignError(f"{name} has no {path.parent.name}/{path.name}: not a diffusers pipeline folder "
                               "(a folder written by save_pretrained or downloaded from the hub)")
-    return json.loads(path.read_text())
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise NoiseAlignError(f"{name}: {path.parent.name}/{path.name} is not valid JSON ({error}); "
+                              "re-download or re-save the pipeline") from None
+    if not isinstance(data, dict):
+        raise NoiseAlignError(f"{name}: {path.parent.name}/{path.name} is not a JSON object; "
+                              "re-download or re-save the pipeline")
+    return data
 
 
 def load_diffusers_model(name_or_path: str, device: str = "cpu", dtype: str = "fp32",
@@ -143,11 +151,23 @@ def load_diffusers_model(name_or_path: str, device: str = "cpu", dtype: str = "f
             "karras" for either. Default: "euler" if the checkpoint ships an Euler scheduler
             (SDXL, Turbo) or is SD3, else "ddim".
     """
+    check_choice("dtype", dtype, tuple(DTYPES), name_or_path)
+    info = inspect_pipeline(name_or_path)  # options are checked before the (slow) weight loading
+    try:
+        return _load(info, name_or_path, device, dtype, height, width, scheduler)
+    except torch.OutOfMemoryError:
+        raise
+    except (KeyError, TypeError, ValueError, OSError, RuntimeError, AttributeError) as error:
+        detail = (str(error).strip().splitlines() or [""])[0][:200]
+        raise NoiseAlignError(f"cannot load the diffusers pipeline {name_or_path} ({type(error).__name__}: "
+                              f"{detail}); its configs or weights look damaged: re-download or re-save it") from None
+
+
+def _load(info: PipelineInfo, name_or_path: str, device: str, dtype: str, height: int | None, width: int | None,
+          scheduler: str | None):
     from .diffusers_flow import FLOW_SCHEDULERS
     from .diffusers_vp import VP_SCHEDULERS
 
-    check_choice("dtype", dtype, tuple(DTYPES), name_or_path)
-    info = inspect_pipeline(name_or_path)  # options are checked before the (slow) weight loading
     flow = info.family == "sd3"
     scheduler = scheduler or ("euler" if flow else _native_vp_scheduler(info))
     check_choice("scheduler", scheduler, FLOW_SCHEDULERS if flow else VP_SCHEDULERS, name_or_path)

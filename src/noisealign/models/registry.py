@@ -1,38 +1,102 @@
-"""Model names to loaders. Anything else given to --model is tried as a diffusers pipeline."""
+"""Model names to loaders, and the loading options each takes. Anything else given to --model
+is tried as a diffusers pipeline (hub id or folder).
+
+A loading option a model does not take (--dtype on digits, --device on gmm) is an error, not
+silently ignored; `check_device` refuses a device this machine does not have before any
+loading.
+"""
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
+import torch
+
+from ..errors import NoiseAlignError
 from .base import DiffusionModel
 
+LOADING_OPTIONS = ("device", "dtype", "height", "width", "scheduler")
+"""Every model loading option; None means not given (the model's default)."""
 
-def _digits(device: str, dtype: str) -> DiffusionModel:
+
+def _digits(device: str = "cpu") -> DiffusionModel:
     from .digits import DigitsModel
 
     return DigitsModel.load(device=device)
 
 
-def _gmm(device: str, dtype: str) -> DiffusionModel:
+def _gmm() -> DiffusionModel:
     from .gmm import GaussianMixture
 
     return GaussianMixture.default()
 
 
-MODELS: dict[str, Callable[[str, str], DiffusionModel]] = {
-    "digits": _digits,
-    "gmm": _gmm,
-}
-
-
-def load_model(name: str, device: str = "cpu", dtype: str = "fp32", height: int | None = None,
-               width: int | None = None, scheduler: str | None = None) -> DiffusionModel:
-    """A registered model by name; any other name is a diffusers pipeline (hub id or folder).
-
-    height, width and scheduler apply to diffusers pipelines only (see load_diffusers_model).
-    """
-    if name in MODELS:
-        return MODELS[name](device, dtype)
+def _diffusers(name: str, **options: Any) -> DiffusionModel:
     from .diffusers_loading import load_diffusers_model  # imports diffusers only once it loads one
 
-    return load_diffusers_model(name, device, dtype, height=height, width=width, scheduler=scheduler)
+    return load_diffusers_model(name, **options)
+
+
+MODELS: dict[str, tuple[Callable[..., DiffusionModel], tuple[str, ...]]] = {
+    "digits": (_digits, ("device",)),
+    "gmm": (_gmm, ()),
+}
+"""name -> (loader, the loading options it takes). Diffusers pipelines take all of them."""
+
+GUIDED = {"digits": True, "gmm": False}
+"""Whether a registered model takes a prompt's guidance (--guidance, --negative-prompt)."""
+
+
+def options_taken(name: str) -> tuple[str, ...]:
+    return MODELS[name][1] if name in MODELS else LOADING_OPTIONS
+
+
+def check_model_options(name: str, **options: Any) -> dict[str, Any]:
+    """The given (non-None) loading options, refused if `name` does not take one or if the
+    device is not on this machine. Returns them, as the run records them."""
+    given = {key: value for key, value in options.items() if value is not None}
+    for key in given:
+        if key not in options_taken(name):
+            takes = ", ".join(f"--{o}" for o in options_taken(name)) or "no loading option"
+            raise NoiseAlignError(f"--{key} does not apply to the {name} model (it takes {takes}); drop it")
+    if "device" in given:
+        check_device(given["device"])
+    return given
+
+
+def check_device(device: str) -> None:
+    """Refuse a malformed device or one this machine does not have (cuda without CUDA, ...)."""
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise NoiseAlignError(f"--device {device!r} is not a torch device; use cpu, cuda, cuda:1, mps") from None
+    if parsed.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0 or (parsed.index or 0) >= count:
+            raise NoiseAlignError(f"--device {device}: this machine has {count} CUDA device(s) available to "
+                                  "torch; use --device cpu, or install a CUDA build of torch")
+    elif parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise NoiseAlignError(f"--device {device}: MPS is not available here; use --device cpu")
+    elif parsed.type not in ("cpu", "cuda", "mps"):
+        raise NoiseAlignError(f"--device {device}: noisealign runs on cpu, cuda or mps")
+
+
+def check_model(name: str) -> None:
+    """Refuse a model that is neither registered nor a readable diffusers pipeline; reads only
+    its JSON configs, so a run fails on a bad --model before any weights load."""
+    if name not in MODELS:
+        from .diffusers_loading import inspect_pipeline
+
+        inspect_pipeline(name)
+
+
+def load_model(name: str, **options: Any) -> DiffusionModel:
+    """A registered model by name; any other name is a diffusers pipeline (hub id or folder).
+
+    options: device, dtype, height, width, scheduler (None: the model's default); those the
+    model does not take are refused (`check_model_options`).
+    """
+    given = check_model_options(name, **options)
+    if name in MODELS:
+        return MODELS[name][0](**given)
+    return _diffusers(name, **given)

@@ -37,6 +37,21 @@ class WeightedSum:
         return total
 
 
+class _NoReward:
+    """The reward of a run that scores nothing (`regenerate`): calling it is an error."""
+
+    name = "none"
+    differentiable = False
+
+    def __call__(self, outputs: Tensor, prompts: Sequence[str]) -> Tensor:
+        from ..errors import NoiseAlignError
+
+        raise NoiseAlignError("this run builds no reward (regenerate only rebuilds samples from their noise)")
+
+
+NO_REWARD = _NoReward()
+
+
 def follow(module: nn.Module, device: torch.device) -> None:
     """Move a reward's network to the outputs' device, outside inference mode.
 

@@ -1,26 +1,44 @@
-"""Where reward weights come from: a local path, or the Hugging Face cache (downloading when online).
+"""Where reward weights come from: a local path, or the Hugging Face cache, downloading only what it lacks.
 
 Every hub access goes through here so that a missing checkpoint always ends in one
 NoiseAlignError line naming the repository, the file and the two ways to supply it.
-`HF_HOME`, `HF_HUB_CACHE` and `HF_HUB_OFFLINE` are read at call time, not at import time,
-so a process (or a test) that sets them late is still obeyed.
+
+What the cache holds is read without the network (local_files_only). What it lacks is
+downloaded only when downloads are allowed and one quick request shows that the hub answers;
+otherwise the error comes at once, not after huggingface_hub's half minute of retries and
+warnings. Downloads are forbidden by NOISEALIGN_OFFLINE, HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE
+(1, true, yes, on; `forbid_downloads()` sets them). These and `HF_HOME` / `HF_HUB_CACHE` are
+read at call time, not at import time, so a process (or a test) that sets them late is obeyed.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence, TypeVar
 
 from ..errors import NoiseAlignError
 
 _TRUE = {"1", "true", "yes", "on"}
+OFFLINE_VARIABLES = ("NOISEALIGN_OFFLINE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+
+T = TypeVar("T")
 
 
 def offline() -> bool:
-    """HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) as it is set now."""
-    flag = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or ""
-    return flag.strip().lower() in _TRUE
+    """Whether downloads are forbidden: any of OFFLINE_VARIABLES set true now."""
+    return any(os.environ.get(name, "").strip().lower() in _TRUE for name in OFFLINE_VARIABLES)
+
+
+def forbid_downloads() -> None:
+    """Forbid every download in this process (the CLI's --offline): sets NOISEALIGN_OFFLINE=1
+    and HF_HUB_OFFLINE=1. huggingface_hub reads HF_HUB_OFFLINE once, when it is imported, so its
+    flag is set too if it is already loaded: transformers and diffusers then stay offline as well."""
+    os.environ["NOISEALIGN_OFFLINE"] = os.environ["HF_HUB_OFFLINE"] = "1"
+    constants = sys.modules.get("huggingface_hub.constants")
+    if constants is not None:
+        constants.HF_HUB_OFFLINE = True
 
 
 def cache_dir() -> Path:
@@ -36,38 +54,68 @@ def first_line(error: Exception) -> str:
     return (str(error).strip().splitlines() or [type(error).__name__])[0][:160]
 
 
-def _missing(reward: str, repo_id: str, filename: str | None) -> NoiseAlignError:
+def _missing(reward: str, repo_id: str, filename: str | None, why: str) -> NoiseAlignError:
     target = f"{repo_id}/{filename}" if filename else repo_id
     download = f"hf download {repo_id}" + (f" {filename}" if filename else "")
-    why = "and HF_HUB_OFFLINE is set" if offline() else "and could not be downloaded"
     return NoiseAlignError(
         f"reward {reward!r}: {target} is not in the Hugging Face cache {cache_dir()} {why}; download it once "
-        f"with `{download}` (HF_HOME selects the cache, HF_HUB_OFFLINE=1 then keeps runs offline) "
+        f"with `{download}` (HF_HOME selects the cache, NOISEALIGN_OFFLINE=1 then keeps runs offline) "
         f"or pass a local copy as {reward}:/path")
 
 
-def hub_file(reward: str, repo_id: str, filename: str) -> Path:
-    """One file of a hub repository, from the cache (or downloaded when online)."""
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError
+def _hub_unreachable() -> str | None:
+    """Why the hub cannot be reached, or None when it answers: one HEAD request, no retries, at
+    most HF_HUB_ETAG_TIMEOUT seconds (huggingface_hub's own setting, 10 by default)."""
+    from huggingface_hub import constants
+    from huggingface_hub.utils import get_session
 
     try:
-        return Path(hf_hub_download(repo_id, filename, cache_dir=cache_dir(), local_files_only=offline()))
-    except (OSError, EntryNotFoundError):
-        raise _missing(reward, repo_id, filename) from None
+        get_session().head(constants.ENDPOINT, timeout=constants.HF_HUB_ETAG_TIMEOUT)
+    except Exception as error:  # the HTTP client's own error types (DNS, refused, timeout, TLS): no hub
+        return f"{constants.ENDPOINT} does not answer ({first_line(error)})"
+    return None
+
+
+def _cache_or_hub(reward: str, repo_id: str, filename: str | None, load: Callable[[bool], T]) -> T:
+    """load(local_files_only=True); when the cache lacks it, load(False) (a download) if downloads
+    are allowed and the hub answers, else the one-line error at once."""
+    from huggingface_hub.errors import EntryNotFoundError
+
+    missing = (OSError, EntryNotFoundError)  # hub HTTP errors and transformers' "not found" are OSErrors
+    try:
+        return load(True)
+    except missing:
+        pass
+    if offline():
+        raise _missing(reward, repo_id, filename, "and downloads are forbidden (NOISEALIGN_OFFLINE, HF_HUB_OFFLINE "
+                                                  "or TRANSFORMERS_OFFLINE)")
+    unreachable = _hub_unreachable()
+    if unreachable:
+        raise _missing(reward, repo_id, filename, f"and {unreachable}")
+    try:
+        return load(False)
+    except missing as error:
+        raise _missing(reward, repo_id, filename, f"and could not be downloaded ({first_line(error)})") from None
+
+
+def hub_file(reward: str, repo_id: str, filename: str) -> Path:
+    """One file of a hub repository, from the cache (or downloaded, see the module docstring)."""
+    from huggingface_hub import hf_hub_download
+
+    return _cache_or_hub(reward, repo_id, filename, lambda local_only: Path(
+        hf_hub_download(repo_id, filename, cache_dir=cache_dir(), local_files_only=local_only)))
 
 
 def pretrained(reward: str, loader: Any, source: str | Path, **kwargs: Any) -> Any:
     """`loader.from_pretrained(source)` for a local folder or a hub id, with the one-line error."""
-    local = Path(source).is_dir()
-    hub = {} if local else {"cache_dir": cache_dir(), "local_files_only": offline()}
+    if not Path(source).is_dir():
+        return _cache_or_hub(reward, str(source), None, lambda local_only: loader.from_pretrained(
+            str(source), cache_dir=cache_dir(), local_files_only=local_only, **kwargs))
     try:
-        return loader.from_pretrained(str(source), **hub, **kwargs)
+        return loader.from_pretrained(str(source), **kwargs)
     except OSError as error:
-        if local:
-            raise NoiseAlignError(f"reward {reward!r}: cannot load {source} ({first_line(error)}); "
-                                  "the folder must hold what save_pretrained writes") from None
-        raise _missing(reward, str(source), None) from None
+        raise NoiseAlignError(f"reward {reward!r}: cannot load {source} ({first_line(error)}); "
+                              "the folder must hold what save_pretrained writes") from None
 
 
 def local_path(reward: str, argument: str | None, variants: Sequence[str] = ()) -> Path | None:

@@ -6,10 +6,10 @@ import io
 from typing import Sequence
 
 import torch
-from PIL import Image
 from torch import Tensor
 
 from ..errors import NoiseAlignError
+from ..imaging import to_pil
 
 
 def _no_argument(name: str, argument: str | None) -> None:
@@ -36,10 +36,8 @@ class JpegCompressibility:
         return -torch.tensor(sizes, dtype=torch.float32, device=outputs.device)
 
     def _size_kb(self, image: Tensor) -> float:
-        pixels = (image.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
-        pil = Image.fromarray(pixels[..., 0] if pixels.shape[2] == 1 else pixels)
         buffer = io.BytesIO()
-        pil.save(buffer, format="JPEG", quality=self.quality)
+        to_pil(image).save(buffer, format="JPEG", quality=self.quality)
         return buffer.tell() / 1000.0
 
 

@@ -27,35 +27,40 @@ own (rewards then relative to the group). The requests of one round run in a thr
 `max_concurrency`; every HTTP attempt first waits for the rate limiter.
 
 Failures: timeouts, dropped connections, HTTP 408/429/5xx and replies without a valid answer
-are retried with exponential backoff (backoff_s * 2^(attempt-1), or the server's
-Retry-After if longer); other 4xx fail at once. When the attempts run out the reward raises
-NoiseAlignError; it never falls back to a random choice.
+(malformed or too deeply nested JSON included) are retried with exponential backoff
+(backoff_s * 2^(attempt-1), or the server's Retry-After if longer); other 4xx fail at once.
+When the attempts run out the reward raises NoiseAlignError; it never falls back to a random
+choice. A failure, or Ctrl-C in the calling thread, stops the whole batch at once: no request
+starts after it, and requests in flight are not waited for.
 
 Log and replay: `attach_run_dir(run_dir)` appends every attempt to run_dir/vlm_log.jsonl
 (vlm_log.py). `VlmJudge(config, replay_from=log)` answers from such a log, without the
 endpoint, matching requests by the content hash of mode, scenario, prompt and pixels.
 
 The API key is read from the environment (config.api_key_env, default NOISEALIGN_VLM_API_KEY)
-or passed as `api_key=`; it is never part of the config, so result.json cannot hold it.
+or passed as `api_key=`; it is never part of the config, so result.json cannot hold it. The
+credentials a base URL may carry (user:password@host, ?api-key=...) are used for requests
+only: the judge's config, its log and its error messages show the URL through `safe_url`.
 """
 
 from __future__ import annotations
 
 import os
+import queue
 import threading
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence, TypeVar
+from urllib.parse import urlsplit
 
 import torch
 from torch import Tensor
 
 from ..errors import NoiseAlignError
-from .vlm_client import ChatEndpoint, EndpointError, RateLimiter, one_line
+from .vlm_client import ChatEndpoint, EndpointError, RateLimiter, one_line, redact, safe_url
 from .vlm_log import LOG_NAME, JsonlLog, ReplayLog
 from .vlm_protocol import (MODES, EncodedImage, InvalidReply, build_messages, encode_images,
                            parse_answer, reply_text, request_key, rewards_of, scenario_text)
@@ -66,6 +71,15 @@ MAX_DELAY_S = 60.0  # longest wait between attempts, whatever Retry-After says
 
 T = TypeVar("T")
 U = TypeVar("U")
+
+
+def _http_url(url: str) -> bool:
+    """Whether `url` parses as an http(s) URL with a host."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
 
 
 @dataclass(frozen=True)
@@ -109,8 +123,8 @@ class VlmJudgeConfig:
     def __post_init__(self) -> None:
         problems = [
             (self.mode not in MODES, f"mode {self.mode!r}: choose from {', '.join(MODES)}"),
-            (not self.base_url.startswith(("http://", "https://")),
-             f"base_url {self.base_url!r}: give an http(s) URL such as http://127.0.0.1:11434/v1"),
+            (not _http_url(self.base_url),
+             f"base_url {safe_url(self.base_url)!r}: give an http(s) URL such as http://127.0.0.1:11434/v1"),
             (self.timeout_s <= 0, f"timeout_s {self.timeout_s}: must be > 0"),
             (self.max_retries < 0, f"max_retries {self.max_retries}: must be >= 0"),
             (self.backoff_s < 0, f"backoff_s {self.backoff_s}: must be >= 0"),
@@ -155,7 +169,11 @@ class VlmJudgeConfig:
 
 
 class VlmJudge:
-    """reward(outputs, prompts) -> float32 (B,) in [-1, 1], from a VLM's judgement."""
+    """reward(outputs, prompts) -> float32 (B,) in [-1, 1], from a VLM's judgement.
+
+    `config` is the config given with the base URL passed through safe_url: what a run may
+    record. Requests go to the real URL.
+    """
 
     differentiable = False
 
@@ -164,7 +182,7 @@ class VlmJudge:
         """api_key: overrides config.api_key_env. log_path: where to append the request log
         (attach_run_dir sets it too). replay_from: a vlm_log.jsonl (or its run directory) to
         answer from instead of the endpoint."""
-        self.config = config
+        self.config = replace(config, base_url=safe_url(config.base_url))
         self.name = f"vlm:{config.mode}"
         self._replay = ReplayLog(replay_from) if replay_from is not None else None
         if self._replay is None and not config.model:
@@ -228,26 +246,47 @@ class VlmJudge:
         return values
 
     def _map(self, function: Callable[[T], U], items: Sequence[T], abort: threading.Event) -> list[U]:
-        """function over items, at most max_concurrency at a time, results in order. The first
-        failure sets `abort` (before its thread takes the next item) and cancels what waits."""
-        def guarded(item: T) -> U:
-            try:
-                return function(item)
-            except BaseException:
-                abort.set()
-                raise
+        """function over items in up to max_concurrency daemon threads, results in order.
 
+        The first failure, in a worker or in the calling thread (Ctrl-C), sets `abort`: no
+        thread takes another item or starts another attempt, waiting retries give up, and the
+        failure propagates at once, without waiting for requests in flight (their threads are
+        daemons, so they cannot hold the process open either).
+        """
         items = list(items)
         if len(items) == 1:
             return [function(items[0])]
-        with ThreadPoolExecutor(max_workers=min(self.config.max_concurrency, len(items))) as pool:
-            futures = [pool.submit(guarded, item) for item in items]
-            try:
-                return [future.result() for future in futures]
-            except BaseException:
-                for future in futures:
-                    future.cancel()
-                raise
+        results: list[Any] = [None] * len(items)
+        failures: list[BaseException] = []
+        pending: queue.SimpleQueue[int] = queue.SimpleQueue()
+        for index in range(len(items)):
+            pending.put(index)
+
+        def work() -> None:
+            while not abort.is_set():
+                try:
+                    index = pending.get_nowait()
+                except queue.Empty:
+                    return
+                try:
+                    results[index] = function(items[index])
+                except BaseException as error:
+                    failures.append(error)
+                    abort.set()
+
+        threads = [threading.Thread(target=work, name="noisealign-vlm", daemon=True)
+                   for _ in range(min(self.config.max_concurrency, len(items)))]
+        try:
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+        except BaseException:  # an interrupt in the calling thread
+            abort.set()
+            raise
+        if failures:
+            raise failures[0]
+        return results
 
     def _ask(self, mode: str, prompt: str, images: list[EncodedImage], abort: threading.Event) -> Any:
         """One judge request, answered from the replay log or the endpoint (with retries)."""
@@ -262,9 +301,10 @@ class VlmJudge:
         attempts, attempt = self.config.max_retries + 1, 0
         while attempt < attempts:
             attempt += 1
-            if abort.is_set():
-                raise NoiseAlignError("VLM request abandoned because another request of the batch failed")
             self._limiter.wait()
+            if abort.is_set():
+                raise NoiseAlignError("VLM request abandoned: another request of the batch failed, "
+                                      "or the run was interrupted")
             entry = dict(record, attempt=attempt, time=_now(), headers=self._endpoint.public_headers(),
                          request=self._body(logged))
             started = time.perf_counter()
@@ -285,7 +325,7 @@ class VlmJudge:
                 failure, wait_hint = str(error), error.retry_after or 0.0
             except InvalidReply as error:
                 entry["error"] = str(error)
-                failure, wait_hint = f"{error}: {one_line(entry.get('reply') or '', 120)}", 0.0
+                failure, wait_hint = f"{error}: {one_line(redact(entry.get('reply') or '', self._key), 120)}", 0.0
             else:
                 entry["answer"] = answer
                 self._write(entry, started, "ok")

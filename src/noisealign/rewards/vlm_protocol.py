@@ -12,7 +12,8 @@ Echo-proof parsing: the format example in the instructions uses quoted placehold
 passes validation (key present, indices integers in 1..n, a ranking complete and without
 repeats, a score in [1, 10]). A judge that repeats the example before answering, or
 reasons aloud before its final JSON, is read correctly; a reply with no valid object is an
-InvalidReply, which the judge retries.
+InvalidReply, which the judge retries; so is a reply whose JSON nests deeper than the parser
+goes.
 """
 
 from __future__ import annotations
@@ -172,7 +173,8 @@ def parse_answer(mode: str, text: str, count: int) -> Any:
 
 
 def _json_objects(text: str) -> list[dict]:
-    """Every JSON object that starts somewhere in `text` (nested ones included), in order."""
+    """Every JSON object that starts somewhere in `text` (nested ones included), in order. JSON
+    nested deeper than the parser goes makes the whole reply invalid (an InvalidReply)."""
     decoder, found = json.JSONDecoder(), []
     for start, char in enumerate(text):
         if char == "{":
@@ -180,6 +182,8 @@ def _json_objects(text: str) -> list[dict]:
                 value, _ = decoder.raw_decode(text, start)
             except ValueError:
                 continue
+            except RecursionError:
+                raise InvalidReply("the reply nests JSON too deeply to read") from None
             if isinstance(value, dict):
                 found.append(value)
     return found

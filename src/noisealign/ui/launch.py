@@ -9,13 +9,15 @@ from dataclasses import replace
 
 from ..errors import NoiseAlignError
 from ..methods.demon import DEMONS, LOOKAHEADS, DemonConfig
+from ..options import finite_float, integer
+from ..runs import check_out
 from .server import UIServer, exposure_warning
 from .session import CHOICES_FILE, HumanSession, RunSpec, read_choices
 
 RUN_DEFAULTS = {
     "model": "digits", "prompt": "", "negative_prompt": "", "guidance": None, "seed": 0,
     "K": 8, "steps": 16, "beta": None, "demon": DemonConfig.demon, "lookahead": DemonConfig.lookahead,
-    "lookahead_steps": DemonConfig.lookahead_steps, "out": None, "device": "cpu", "dtype": "fp32",
+    "lookahead_steps": DemonConfig.lookahead_steps, "out": None, "device": None, "dtype": None,
     "height": None, "width": None, "scheduler": None,
 }
 """Options of a new run (beta None: `DemonConfig.beta_for`, the paper's beta moved to the
@@ -29,32 +31,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--model", help=f"{d['model']} (bundled, default), or any image model `generate` takes")
     run.add_argument("--prompt", help='text prompt; for digits a digit "0".."9" or "" (unconditional, default)')
     run.add_argument("--negative-prompt", help="negative prompt for guidance")
-    run.add_argument("--guidance", type=float, help="CFG scale (default: the model's)")
-    run.add_argument("--K", type=int, help=f"candidates shown per step (default {d['K']})")
-    run.add_argument("--steps", type=int,
+    run.add_argument("--guidance", type=finite_float, help="CFG scale (default: the model's)")
+    run.add_argument("--K", type=integer, help=f"candidates shown per step (default {d['K']})")
+    run.add_argument("--steps", type=integer,
                      help=f"Karras grid points (default {d['steps']}); the upper ~70%% of them are your choices, "
                           "the rest runs the ODE")
-    run.add_argument("--beta", type=float,
+    run.add_argument("--beta", type=finite_float,
                      help="noise level of the reverse SDE (default: the paper's 0.1 at Stable Diffusion's sigma_max "
                           "14.6, scaled to the model's: 0.1 x 14.6 / sigma_max, 0.018 for digits)")
     run.add_argument("--demon", choices=DEMONS, help=f"weights from your +1/-1 (default {d['demon']})")
     run.add_argument("--lookahead", choices=LOOKAHEADS,
                      help="what each candidate image shows: its ODE solution (ode, default), D(x, sigma) "
                           "(tweedie, one call, blurrier) or the model's few-step estimate (consistency)")
-    run.add_argument("--lookahead-steps", type=int,
+    run.add_argument("--lookahead-steps", type=integer,
                      help=f"Heun steps of the ODE look-ahead (default {d['lookahead_steps']})")
-    run.add_argument("--seed", type=int, help="same seed and same choices, same image (default 0)")
+    run.add_argument("--seed", type=integer, help="same seed and same choices, same image (default 0; 0 .. 2^63-1)")
     run.add_argument("--out", help="run folder (default: a new folder under runs/); never overwritten")
     run.add_argument("--device", help="torch device of the model, e.g. cuda (default cpu)")
-    run.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], help="model precision (default fp32)")
-    run.add_argument("--height", type=int, help="diffusers models: image height in pixels")
-    run.add_argument("--width", type=int, help="diffusers models: image width in pixels")
+    run.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], help="diffusers models: precision (default fp32)")
+    run.add_argument("--height", type=integer, help="diffusers models: image height in pixels")
+    run.add_argument("--width", type=integer, help="diffusers models: image width in pixels")
     run.add_argument("--scheduler", choices=["ddim", "euler", "karras"],
                      help="diffusers models: the baseline's grid (Demon always steps on a Karras grid)")
     serve = parser.add_argument_group("the server")
     serve.add_argument("--host", default="127.0.0.1",
                        help="address to listen on (default 127.0.0.1: this machine only; anything else is exposed)")
-    serve.add_argument("--port", type=int, default=0, help="port (default 0: a free one, printed with the URL)")
+    serve.add_argument("--port", type=integer, default=0, help="port (default 0: a free one, printed with the URL)")
     serve.add_argument("--no-browser", action="store_true", help="print the URL, do not open a browser")
     serve.add_argument("--resume", metavar="RUN_DIR",
                        help=f"continue a run of `noisealign ui` from RUN_DIR/{CHOICES_FILE} (its choices are replayed)")
@@ -69,6 +71,13 @@ def main(args: argparse.Namespace) -> int:
     if args.finish and not args.resume:
         raise NoiseAlignError("--finish finishes a saved run; give it with --resume RUN_DIR")
     session = _resume(args) if args.resume else _start(args)
+    try:
+        return _serve(session, args)
+    finally:
+        session.close()
+
+
+def _serve(session: HumanSession, args: argparse.Namespace) -> int:
     if args.finish:
         if not session.finished:
             session.finish()
@@ -106,6 +115,9 @@ def _start(args: argparse.Namespace) -> HumanSession:
 
     v = {name: default if getattr(args, name) is None else getattr(args, name)
          for name, default in RUN_DEFAULTS.items()}
+    if not 0 <= v["seed"] < 2 ** 63:
+        raise NoiseAlignError(f"--seed must lie in [0, 2^63), got {v['seed']}")
+    check_out(v["out"])
     config = DemonConfig(demon=v["demon"], K=v["K"], beta=v["beta"], lookahead=v["lookahead"],
                          lookahead_steps=v["lookahead_steps"], grid_points=v["steps"])  # bad options fail here
     spec = RunSpec(v["model"], device=v["device"], dtype=v["dtype"], height=v["height"], width=v["width"],

@@ -9,14 +9,15 @@ from pathlib import Path
 from PIL import Image
 from torch import Tensor
 
+from ..imaging import to_pil
+
 CANDIDATE_SIDE, PREVIEW_SIDE, THUMB_SIDE = 384, 512, 96
 """Largest side sent for a candidate image, the current sample and a trajectory thumbnail (pixels)."""
 
 
 def png_data_url(image: Tensor, max_side: int) -> str:
     """One C x H x W image in [0, 1] as a data: URL, shrunk (never enlarged) to fit max_side."""
-    pixels = (image.detach().float().clamp(0, 1) * 255).round().byte().cpu().permute(1, 2, 0).numpy()
-    pil = Image.fromarray(pixels[..., 0] if pixels.shape[2] == 1 else pixels)
+    pil = to_pil(image)
     if max(pil.size) > max_side:
         pil.thumbnail((max_side, max_side), Image.LANCZOS)
     buffer = io.BytesIO()

@@ -16,13 +16,16 @@ API (JSON in, JSON out; errors are {"error": "one line"}):
     POST /api/undo              {"version": V}  back to before the last choice
     POST /api/finish            {"version": V}  PF-ODE to sigma = 0, write image.png, noise.pt
     GET  /api/download          the finished run folder as a zip
-Statuses: 400 bad input, 403 token, 404 unknown path, 409 stale view or finished run,
-413 body too large, 500 an unexpected failure (the run folder is kept).
+Statuses: 400 bad input (a Content-Length that is not a byte count, or a body that ends
+before it, included), 403 token, 404 unknown path, 409 stale view or finished run, 413 body
+over MAX_BODY, 500 an unexpected failure (the run folder is kept). A connection that sends
+nothing for SOCKET_TIMEOUT_S seconds is dropped, so no client can hold a handler.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import secrets
 import socket
 import sys
@@ -32,7 +35,7 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from typing import Any, Callable
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, quote, urlsplit
 
 from ..errors import NoiseAlignError
 from .session import Conflict, HumanSession
@@ -41,7 +44,8 @@ TOKEN_HEADER = "X-Noisealign-Token"
 STATIC = {"/": ("index.html", "text/html; charset=utf-8"),
           "/app.js": ("app.js", "text/javascript; charset=utf-8"),
           "/style.css": ("style.css", "text/css; charset=utf-8")}
-MAX_BODY = 64 * 1024
+MAX_BODY = 64 * 1024  # bytes; an action's JSON is under 100
+SOCKET_TIMEOUT_S = 30.0
 SECURITY_HEADERS = {
     "Cache-Control": "no-store",
     "X-Content-Type-Options": "nosniff",
@@ -137,6 +141,7 @@ class _Handler(BaseHTTPRequestHandler):
     app: UIServer
     server_version = "noisealign-ui"
     sys_version = ""
+    timeout = SOCKET_TIMEOUT_S
 
     def do_GET(self) -> None:
         url = urlsplit(self.path)
@@ -184,9 +189,8 @@ class _Handler(BaseHTTPRequestHandler):
                         f"internal error: {type(error).__name__}: {error}; the run folder is kept")
         else:
             if isinstance(answer, bytes):
-                name = self.app.session.run_dir.name
                 self._send(HTTPStatus.OK, answer, "application/zip",
-                           {"Content-Disposition": f'attachment; filename="{name}.zip"'})
+                           {"Content-Disposition": _attachment(self.app.session.run_dir.name + ".zip")})
             else:
                 self._json(HTTPStatus.OK, answer)
 
@@ -199,12 +203,17 @@ class _Handler(BaseHTTPRequestHandler):
             return self.app.session.zip_bytes()
 
     def _body(self) -> dict[str, Any]:
-        length = int(self.headers.get("Content-Length") or 0)
-        if length > MAX_BODY:
-            raise _TooLarge(f"request body of {length} bytes is over the {MAX_BODY} byte limit")
+        length = _content_length(self.headers.get("Content-Length"))
         try:
-            body = json.loads(self.rfile.read(length) or b"{}")
-        except (json.JSONDecodeError, UnicodeDecodeError):
+            data = self.rfile.read(length)
+        except OSError:  # the socket timed out or closed
+            data = b""
+        if len(data) < length:
+            raise NoiseAlignError(f"the request body ended before its Content-Length of {length} bytes; "
+                                  "send the whole body")
+        try:
+            body = json.loads(data or b"{}")
+        except (ValueError, RecursionError):  # RecursionError: nested deeper than the parser goes
             raise NoiseAlignError('the request body is not JSON; send e.g. {"version": 3, "chosen": [0, 2]}') from None
         if not isinstance(body, dict):
             raise NoiseAlignError("the request body must be a JSON object")
@@ -237,6 +246,26 @@ class _Handler(BaseHTTPRequestHandler):
 
 class _TooLarge(NoiseAlignError):
     pass
+
+
+def _content_length(value: str | None) -> int:
+    """The request's Content-Length in bytes (absent: 0). Anything but ASCII digits is bad input
+    (int() would take "-1" or " 1_0 "), and more than MAX_BODY is refused before reading."""
+    text = (value or "0").strip()
+    if not (text.isascii() and text.isdigit()):
+        raise NoiseAlignError(f"Content-Length {text[:40]!r} is not a byte count; send the body's length in bytes")
+    length = int(text)
+    if length > MAX_BODY:
+        raise _TooLarge(f"request body of {length} bytes is over the {MAX_BODY} byte limit")
+    return length
+
+
+def _attachment(filename: str) -> str:
+    """Content-Disposition of a download: `filename` reduced to ASCII letters, digits, '-', '_'
+    and '.' (anything else, CR LF included, becomes '_', so nothing can leave the header), and
+    the exact name percent-encoded as RFC 6266's filename* for browsers that read it."""
+    plain = re.sub(r"[^A-Za-z0-9._-]", "_", filename)
+    return f"attachment; filename=\"{plain}\"; filename*=UTF-8''{quote(filename, safe='')}"
 
 
 def _known(query: str) -> int | None:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import time
 import zipfile
 from dataclasses import asdict, dataclass, replace
@@ -36,7 +35,7 @@ from ..methods.base import Problem, RunContext
 from ..methods.demon import DemonConfig, DemonSession
 from ..methods.plain import Plain
 from ..rewards.human import HumanChoice
-from ..runs import Trace, create_run_dir, save_noises, save_output, write_json
+from ..runs import RunFolder, Trace, environment
 from . import render
 
 CHOICES_FILE = "choices.json"
@@ -59,17 +58,21 @@ class RunSpec:
     negative_prompt: str = ""
     guidance: float | None = None
     seed: int = 0
-    device: str = "cpu"
-    dtype: str = "fp32"
-    height: int | None = None       # diffusers models only
+    device: str | None = None       # loading options: None is the model's default
+    dtype: str | None = None
+    height: int | None = None
     width: int | None = None
     scheduler: str | None = None
+
+    @property
+    def model_options(self) -> dict[str, Any]:
+        return {"device": self.device, "dtype": self.dtype, "height": self.height, "width": self.width,
+                "scheduler": self.scheduler}
 
     def load_model(self):
         from ..models.registry import load_model
 
-        return load_model(self.model, device=self.device, dtype=self.dtype, height=self.height, width=self.width,
-                          scheduler=self.scheduler)
+        return load_model(self.model, **self.model_options)
 
 
 @dataclass(frozen=True)
@@ -93,8 +96,9 @@ class HumanSession:
     the server serializes calls.
     """
 
-    def __init__(self, problem: Problem, spec: RunSpec, config: DemonConfig, run_dir: Path):
-        self.problem, self.spec, self.config, self.run_dir = problem, spec, config, Path(run_dir)
+    def __init__(self, problem: Problem, spec: RunSpec, config: DemonConfig, folder: RunFolder):
+        self.problem, self.spec, self.config, self.folder = problem, spec, config, folder
+        self.run_dir = folder.path
         self.ledger = Ledger()
         self.context = RunContext(problem, spec.seed, self.ledger)
         self.trace = Trace()
@@ -128,9 +132,9 @@ class HumanSession:
                                   f"shape {tuple(baseline.shape[1:])}; use an image model such as --model digits")
         spec = replace(spec or RunSpec(problem.model.name), prompt=problem.prompt,
                        negative_prompt=problem.negative_prompt, guidance=problem.guidance, seed=seed)
-        run_dir = create_run_dir(None if out is None else str(out), "ui-demon", seed)
-        save_output(baseline, run_dir / "baseline")
-        session = cls(problem, spec, config, run_dir)
+        folder = RunFolder.create(None if out is None else str(out), f"ui-demon-seed{seed}")
+        folder.save_output(baseline, "baseline")
+        session = cls(problem, spec, config, folder)
         session._save()
         return session
 
@@ -144,7 +148,7 @@ class HumanSession:
         config = config_from_dict(DemonConfig, data["config"])
         model = spec.load_model() if model is None else model
         problem = Problem(model, HumanChoice(), spec.prompt, spec.negative_prompt, spec.guidance)
-        session = cls(problem, spec, config, run_dir)
+        session = cls(problem, spec, config, RunFolder.open(run_dir))  # a second server on it is refused
         for record in data["choices"]:
             if record["step"] != session.demon.index:
                 raise NoiseAlignError(f"{run_dir / CHOICES_FILE} records step {record['step']} where step "
@@ -157,6 +161,10 @@ class HumanSession:
         if data["finished"]:
             session._finish()
         return session
+
+    def close(self) -> None:
+        """Release the run folder (another `noisealign ui --resume` may then take it)."""
+        self.folder.close()
 
     # -- actions ----------------------------------------------------------------------------
 
@@ -265,8 +273,8 @@ class HumanSession:
         with torch.inference_mode():
             sample = self.demon.finish()
             self.output = self.problem.model.decode(sample)
-        save_output(self.output, self.run_dir / "image")
-        save_noises(self.demon.noises(), self.run_dir / "noise.pt")
+        self.folder.save_output(self.output, "image")
+        self.folder.save_noises(self.demon.noises())
         self.finished, self.candidates = True, None
         self.version += 1
 
@@ -305,36 +313,31 @@ class HumanSession:
         choices = {"format": FORMAT, "run": asdict(self.spec), "config": asdict(self.config),
                    "choices": self.choices, "undone": self.undone, "finished": self.finished,
                    "seconds": round(self.seconds, 3)}
-        _atomic(self.run_dir / CHOICES_FILE, lambda tmp: write_json(choices, tmp))
-        _atomic(self.run_dir / "trace.csv", self.trace.write)
-        _atomic(self.run_dir / "result.json", lambda tmp: write_json(self._result(), tmp))
+        self.folder.write(CHOICES_FILE, lambda path: path.write_text(json.dumps(choices, indent=2) + "\n"))
+        self.folder.write_trace(self.trace)
+        self.folder.write_result(self._result())
+        self.folder.check_rescued()
 
     def _result(self) -> dict[str, Any]:
         """result.json: the CLI's keys; the reward is the person ("human"), who gives no score."""
         spec, ledger = self.spec, self.ledger
-        return {"method": "demon", "model": spec.model, "prompt": spec.prompt, "reward": "human",
+        return {"status": "complete" if self.finished else "running",
+                "method": "demon", "model": spec.model, "prompt": spec.prompt, "reward": "human",
                 "reward_source": "human", "seed": spec.seed,
-                "status": "finished" if self.finished else "in progress",
                 "final_reward": None, "baseline_reward": None,
                 "reward_queries": ledger.reward_queries, "nfe": ledger.nfe,
                 "network_evaluations": ledger.network_evaluations, "seconds": round(self.seconds, 3),
                 "demon_steps": len(self.choices), "undone": self.undone,
                 "degenerate_steps": self.demon.degenerate_steps, "ode_after": self.demon.ode_after,
-                "config": {"method": asdict(self.config), "guidance": spec.guidance,
-                           "negative_prompt": spec.negative_prompt, "device": spec.device, "dtype": spec.dtype,
-                           "height": spec.height, "width": spec.width, "scheduler": spec.scheduler}}
+                "config": {"method": asdict(self.config), "budget": None, "guidance": spec.guidance,
+                           "negative_prompt": spec.negative_prompt, "grid": 1,
+                           "model_options": {k: v for k, v in spec.model_options.items() if v is not None}},
+                "environment": environment()}
 
 
 def _digest(x: Tensor) -> str:
     """SHA-256 of x's bytes: replay checks it to tell an exact resume from a drifted one."""
     return hashlib.sha256(x.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes()).hexdigest()
-
-
-def _atomic(path: Path, write) -> None:
-    """write(tmp) then rename over `path`: a crash mid-write never leaves half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
 
 
 def read_choices(run_dir: Path) -> dict[str, Any]:
