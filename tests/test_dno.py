@@ -16,6 +16,7 @@ from noisealign.budget import Ledger
 from noisealign.configs import config_from_dict
 from noisealign.engine import karras_sigmas
 from noisealign.errors import NoiseAlignError, NonFiniteReward
+from noisealign.methods import dno
 from noisealign.methods.base import Problem, RunContext
 from noisealign.methods.dno import (
     Dno, DnoConfig, generate, injecting_steps, make_optimizer, stack_variables, unstack_variables,
@@ -62,14 +63,17 @@ class TinyConv:
 
 class Scripted:
     """Brightness plus a bonus that depends only on how many times it was called (no gradient
-    from the bonus): makes a chosen iterate the best regardless of what the optimizer does."""
+    from the bonus): makes a chosen iterate the best regardless of what the optimizer does.
+    With `fails_at` its call of that index raises, as a reward server going down."""
 
     name, differentiable = "scripted", True
 
-    def __init__(self, bonus: list[float]):
-        self.bonus, self.calls = bonus, 0
+    def __init__(self, bonus: list[float], fails_at: int | None = None):
+        self.bonus, self.calls, self.fails_at = bonus, 0, fails_at
 
     def __call__(self, outputs, prompts):
+        if self.calls == self.fails_at:
+            raise RuntimeError("the reward server is down")
         value = outputs.float().flatten(1).mean(1) + self.bonus[self.calls]
         self.calls += 1
         return value
@@ -93,7 +97,7 @@ def test_config_round_trips_through_json_and_rejects_bad_values():
     assert METHODS["dno"].from_config(json.loads(json.dumps(asdict(config)))).config == config
     with pytest.raises(NoiseAlignError, match="mode"):
         DnoConfig(mode="adam")
-    with pytest.raises(NoiseAlignError, match="q must be positive"):
+    with pytest.raises(NoiseAlignError, match="--q 0: need a finite value above 0"):
         DnoConfig(q=0)
     with pytest.raises(NoiseAlignError, match="unknown DnoConfig option"):
         config_from_dict(DnoConfig, {"steps": 5, "K": 3})
@@ -102,7 +106,6 @@ def test_config_round_trips_through_json_and_rejects_bad_values():
 def test_registry_entry_uses_dno_defaults_and_flags():
     entry = METHODS["dno"]
     parser = argparse.ArgumentParser()
-    METHODS["plain"].add_arguments(parser.add_argument_group("sampler"))
     entry.add_arguments(parser.add_argument_group("dno"))
     config = entry.build(parser.parse_args([])).config
     assert (config.steps, config.eta, config.mode, config.checkpointing) == (50, 1.0, "auto", True)
@@ -139,6 +142,16 @@ def test_gradients_reach_every_optimized_noise():
     assert len(per_noise) == steps and (per_noise > 0).all(), per_noise
 
 
+def test_checkpointing_recomputes_a_denoiser_that_draws_random_numbers_exactly():
+    class Jittery(TinyConv):
+        def denoise(self, x, sigma, cond):
+            return super().denoise(x, sigma, cond) * (1 + 0.1 * torch.rand(()))
+
+    grads = {checkpointing: _variables_and_loss(Jittery(), 6, checkpointing)[0].grad  # Jittery() seeds torch
+             for checkpointing in (False, True)}
+    torch.testing.assert_close(grads[True], grads[False], rtol=1e-6, atol=1e-7)
+
+
 def test_checkpointed_and_plain_backprop_agree_and_recomputation_counts_as_nfe():
     model, steps = TinyConv(), 6
     ledgers = {True: Ledger(), False: Ledger()}
@@ -148,13 +161,15 @@ def test_checkpointed_and_plain_backprop_agree_and_recomputation_counts_as_nfe()
     assert ledgers[False].nfe == steps and ledgers[True].nfe == 2 * steps
 
 
-def test_iteration_zero_is_the_plain_eta_one_sample():
-    model, seen = TinyConv(), []
-    run(model, brightness(), iterations=1, steps=6, observer=seen.append)
-    context = RunContext(Problem(model, brightness()), 0, Ledger())
+def test_dno_starts_from_its_own_eta_one_sample_not_the_baseline_sampler():
+    model, seen, reward = TinyConv(), [], brightness()
+    result, _, problem = run(model, reward, iterations=1, steps=6, observer=seen.append)
+    context = RunContext(problem, 0, Ledger())
     with torch.inference_mode():
-        plain = sample_plain(context, [0], PlainConfig(steps=6, eta=1.0))
-    assert torch.equal(seen[0].x, plain)
+        own = sample_plain(context, [0], PlainConfig(steps=6, eta=1.0))
+        baseline = sample_plain(context, [0], PlainConfig())        # the model's default sampler
+    assert torch.equal(seen[0].x, own) and not torch.equal(own, baseline)
+    assert result.info["start_reward"] == float(reward(model.decode(own), [""]))
 
 
 # ---- the probability regularization -------------------------------------------------------
@@ -191,6 +206,20 @@ def test_penalty_averages_over_permutations_and_is_differentiable():
     assert float(value.detach()) == pytest.approx(expected, rel=1e-10)
     value.backward()
     assert x.grad.abs().sum() > 0
+
+
+def test_at_gamma_zero_the_penalty_is_computed_for_the_start_and_the_result_only(monkeypatch):
+    calls = []
+    monkeypatch.setattr(dno, "concentration_penalty", lambda *args, **kwargs: calls.append(1)
+                        or concentration_penalty(*args, **kwargs))
+    seen = []
+    result, _, _ = run(TinyConv(), brightness(), iterations=3, steps=6, gamma=0.0, observer=seen.append)
+    assert len(calls) == 3 and not any("penalty" in event.extras for event in seen)   # start, final, last
+    assert all(result.info[k] >= PENALTY_FLOOR - 1e-9 for k in ("penalty_start", "penalty_final", "penalty_last"))
+    seen.clear()
+    run(TinyConv(), brightness(), iterations=3, steps=6, gamma=1.0, observer=seen.append)
+    assert all("penalty" in event.extras for event in seen)
+    assert ["grad_norm" in event.extras for event in seen] == [True, True, True, False]
 
 
 def test_penalty_gaussian_sits_at_its_floor_and_1_05_scaled_far_above():
@@ -251,6 +280,38 @@ def test_the_best_iterate_and_its_noise_are_kept_not_the_last():
     assert torch.equal(result.sample, seen[2].x) and not torch.equal(result.sample, seen[-1].x)
     regenerated = Dno(DnoConfig(iterations=5, steps=6)).regenerate(RunContext(problem, 0, Ledger()), result.noises)
     assert torch.equal(regenerated.sample, seen[2].x)
+
+
+def test_a_reward_failing_mid_run_leaves_the_best_iterate_kept():
+    seen, ledger = [], Ledger()
+    reward = Scripted([0.0, 0.0, 5.0, 0.0, 0.0], fails_at=5)      # iterate 2 is the best; query 6 raises
+    context = RunContext(Problem(TinyConv(), reward), 0, ledger, seen.append)
+    config = DnoConfig(iterations=8, steps=6)
+    with pytest.raises(Exception, match="server is down"):   # the ledger may wrap it
+        Dno(config).run(context)
+    assert len(seen) == 5
+    queries = ledger.reward_queries
+    kept = context.best_so_far()
+    assert ledger.reward_queries == queries                            # keeping spends no query
+    assert kept.reward == float(seen[2].rewards) and kept.info["best_iteration"] == 2
+    assert kept.info["start_reward"] == float(seen[0].rewards)
+    assert torch.equal(kept.sample, seen[2].x)
+    again = Dno(config).regenerate(RunContext(context.problem, 0, Ledger()), kept.noises)
+    assert torch.equal(again.sample, kept.sample) and torch.equal(again.output, kept.output)
+
+    nothing_scored = RunContext(Problem(TinyConv(), Scripted([0.0], fails_at=0)), 0, Ledger())
+    with pytest.raises(Exception, match="server is down"):
+        Dno(config).run(nothing_scored)
+    assert nothing_scored.best_so_far() is None
+
+
+def test_the_kept_result_of_a_finished_run_is_its_result():
+    context = RunContext(Problem(TinyConv(), Scripted([0.0, 3.0, 0.0, 0.0])), 0, Ledger())
+    result = Dno(DnoConfig(iterations=3, steps=6)).run(context)
+    kept = context.best_so_far()
+    assert torch.equal(kept.sample, result.sample) and torch.equal(kept.output, result.output)
+    assert all(torch.equal(kept.noises[k], result.noises[k]) for k in result.noises)
+    assert kept.reward == result.reward and kept.info.items() <= result.info.items()
 
 
 @pytest.mark.parametrize("mode", ["grad", "hybrid"])
@@ -349,6 +410,6 @@ def test_hybrid_image_direction_aligns_with_a_linear_reward():
 def test_grad_mode_raises_a_reward_on_the_exact_gmm():
     model = GaussianMixture.default()
     result, ledger, _ = run(model, Linear(torch.tensor([1.0, 1.0])), iterations=10, steps=20, lr=0.05)
-    assert result.reward > result.info["initial_reward"] + 1.0
-    assert result.info["penalty_initial"] >= PENALTY_FLOOR - 1e-9
+    assert result.reward > result.info["start_reward"] + 1.0
+    assert result.info["penalty_start"] >= PENALTY_FLOOR - 1e-9
     assert ledger.nfe == 20 * (11 + 10 + 1)  # 11 forwards, 10 recomputations, 1 regeneration

@@ -39,7 +39,8 @@ class _GenerateHelp(argparse.Action):
             method_parser = _method_parser(name)
             text = method_parser.format_help().split("\n\n", 1)[-1]   # drop the usage line
             sections.append(text if entry.flags() else f"{name} options:\n  (none)\n")
-        parser.exit(0, "\n".join(sections))
+        print("\n".join(sections), end="")
+        parser.exit(0)
 
 
 def _method_parser(name: str) -> _Parser:

@@ -6,7 +6,10 @@ so the decoded output is x = decode(sample(z_T, z_1 ... z_n)). DNO maximizes
 
     r(x(z)) - gamma * reg(z)
 
-over z with Adam, starting from the seed's own noises (iteration 0 is the plain sample).
+over z with Adam, starting from the seed's own noises: iteration 0 is this sampler's own
+sample of the seed (`plain --steps S --eta 1` at the default eta), not the model's default
+sampler that a run's `baseline_reward` uses; its reward is `start_reward`. The best iterate
+is kept (`RunContext.keep`) from the moment it is scored, so a run stopped early still has it.
 The gradient of r comes from one of three estimators (`mode`):
 
 - grad:   back-propagation through reward, decoder and every sampler step (section 4.1).
@@ -14,7 +17,8 @@ The gradient of r comes from one of three estimators (`mode`):
 - hybrid: image-space direction from q perturbed samples, back-propagated through decoder
           and sampler (section 4.3, the paper's best for non-differentiable rewards).
 
-reg is the concentration-bound penalty of `dno_regularizer`; its gradient is always exact.
+reg is the concentration-bound penalty of `dno_regularizer`; its gradient is always exact. At
+gamma = 0 it is not computed per iteration (only at the start and for the result).
 
 Cost accounting (the run's Ledger):
 - Iterations are Adam steps. z_0 ... z_T are each scored once (T + 1 queries); zo and hybrid
@@ -30,6 +34,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Callable
 
 import torch
@@ -135,11 +140,11 @@ def generate(denoiser: Callable[[Tensor, float], Tensor], model: DiffusionModel,
 
 
 def _checkpointed(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
-    """fn recomputed in the backward pass. Denoisers and decoders are deterministic at inference
-    (eval mode, no dropout), so the RNG state is not saved and restored: that costs tens of
-    milliseconds per call on CPU, more than a small denoiser itself."""
+    """fn recomputed in the backward pass. The RNG state is saved and restored around the
+    recomputation (checkpoint's default), so a denoiser or decoder that draws random numbers is
+    recomputed exactly; on CPU that costs microseconds per call (get_rng_state about 5 us)."""
     def call(*args: Any) -> Tensor:
-        return checkpoint(fn, *args, use_reentrant=False, preserve_rng_state=False)
+        return checkpoint(fn, *args, use_reentrant=False)
     return call
 
 
@@ -165,6 +170,15 @@ def sample_from_noises(denoiser: Callable[[Tensor, float], Tensor], model: Diffu
 
 # ---- the method ----------------------------------------------------------------------------
 
+@dataclass(frozen=True)
+class Best:
+    """The best iterate so far: its reward, a copy of its optimized noises, its iteration."""
+
+    reward: float
+    variables: Tensor
+    iteration: int
+
+
 class Dno:
     """Optimize the noises of one sample; keep the best-reward iterate and its noises."""
 
@@ -184,7 +198,7 @@ class Dno:
         config, model = self.config, context.model
         mode = resolve_mode(config.mode, context.problem.reward)
         cost = 1 if mode == "grad" else config.q + 1
-        steps_planned = plan_iterations(config.iterations, context.ledger.queries_left, cost)
+        iterations = plan_iterations(config.iterations, context.ledger.queries_left, cost)
         sigmas = model.sigmas(config.steps)
         streams = context.noise_streams([0])
         z_T = streams.draw()                                                   # (1, *shape)
@@ -193,53 +207,58 @@ class Dno:
         variables = stack_variables(z_T, z, active).clone().requires_grad_(True)
         optimizer = make_optimizer(variables, config.lr)
         perturbations = sample_generator(context.seed, PERTURBATION_STREAM)
+        info = {"mode": mode, "iterations": iterations, "queries_per_iteration": cost,
+                "optimized_noise_elements": variables.numel(), "penalty_start": float(self.penalty(variables.detach()))}
 
-        def penalty(v: Tensor) -> Tensor:
-            return concentration_penalty(v, permutations=config.permutations)
-
-        initial_penalty = float(penalty(variables.detach()))
-        best_reward, best_variables, best_iteration, initial_reward = -float("inf"), None, -1, None
-        for t in range(steps_planned + 1):
-            last = t == steps_planned
-            needs_graph = not last and mode != "zo"
+        best: Best | None = None
+        for t in range(iterations + 1):
+            last = t == iterations
             optimizer.zero_grad()
-            with torch.set_grad_enabled(needs_graph):
+            with torch.set_grad_enabled(not last and mode != "zo"):
                 sample, output = generate(context.denoiser, model, sigmas, config.eta,
                                           *unstack_variables(variables, z, active), config.checkpointing)
                 reward = context.score(output if mode == "grad" else output.detach())  # (1,)
             value = float(reward.detach())
-            initial_reward = value if t == 0 else initial_reward
-            if value > best_reward:
-                best_reward, best_variables, best_iteration = value, variables.detach().clone(), t
-            with torch.set_grad_enabled(not last and config.gamma > 0):
-                reg = penalty(variables)
-            grad_norm = float("nan")
+            if t == 0:
+                info["start_reward"] = value
+            if best is None or value > best.reward:
+                best = Best(value, variables.detach().clone(), t)
+                context.keep(partial(self._result, context, z, active, best, info))
+            extras = {"best_reward": best.reward}
+            reg = None
+            if config.gamma > 0:                                   # at gamma 0 reg has no effect: skipped
+                with torch.set_grad_enabled(not last):
+                    reg = self.penalty(variables)
+                extras["penalty"] = float(reg.detach())
             if not last:
-                surrogate = self._surrogate(mode, context, sigmas, variables, z, active, reward, output,
-                                            perturbations)
-                (surrogate + config.gamma * reg).backward()
-                grad_norm = float(torch.nn.utils.clip_grad_norm_([variables], config.grad_clip))
+                loss = self._surrogate(mode, context, sigmas, variables, z, active, reward, output, perturbations)
+                (loss if reg is None else loss + config.gamma * reg).backward()
+                extras["grad_norm"] = float(torch.nn.utils.clip_grad_norm_([variables], config.grad_clip))
                 optimizer.step()
-            context.observe(StepEvent(step=t, x=sample.detach(), rewards=reward.detach(),
-                                      extras={"penalty": float(reg.detach()), "best_reward": best_reward,
-                                              "grad_norm": grad_norm}))
+            context.observe(StepEvent(step=t, x=sample.detach(), rewards=reward.detach(), extras=extras))
 
-        z_T_best, noises_best = unstack_variables(best_variables, z, active)
-        saved = {"z_T": z_T_best.clone(), "z": torch.stack(noises_best).clone()}
-        sample, output = sample_from_noises(context.denoiser, model, config, saved)
-        return MethodResult(sample=sample, output=output, reward=best_reward, noises=saved, info={
-            "mode": mode, "iterations": steps_planned, "queries_per_iteration": cost,
-            "best_iteration": best_iteration, "initial_reward": initial_reward,
-            "optimized_noise_elements": variables.numel(),
-            "penalty_initial": initial_penalty, "penalty_final": float(penalty(best_variables)),
-            "penalty_last": float(penalty(variables.detach())),
-        })
+        return self._result(context, z, active, best, {**info, "penalty_last": float(self.penalty(variables.detach()))})
 
     def regenerate(self, context: RunContext, noises: dict[str, Tensor]) -> MethodResult:
         """The sample of a finished run from its saved noises (noise.pt): bit-identical to the
         run's result on the same device, since it is the same sampler on the same noises."""
         sample, output = sample_from_noises(context.denoiser, context.model, self.config, noises)
         return MethodResult(sample=sample, output=output, noises=noises)
+
+    def penalty(self, noise: Tensor) -> Tensor:
+        """reg(z) over the configured orderings; differentiable in `noise`."""
+        return concentration_penalty(noise, permutations=self.config.permutations)
+
+    def _result(self, context: RunContext, z: Tensor, active: list[int], best: Best,
+                info: dict[str, Any]) -> MethodResult:
+        """What the run returns with `best` as its best iterate: its noises, and the sample and
+        output regenerated from them as `regenerate` does (steps NFE, no reward query). The end of
+        `run` returns it; until then it is the partial result kept for an early stop."""
+        z_T, noises = unstack_variables(best.variables, z, active)
+        saved = {"z_T": z_T.clone(), "z": torch.stack(noises).clone()}
+        sample, output = sample_from_noises(context.denoiser, context.model, self.config, saved)
+        return MethodResult(sample=sample, output=output, reward=best.reward, noises=saved, info={
+            **info, "best_iteration": best.iteration, "penalty_final": float(self.penalty(best.variables))})
 
     def _surrogate(self, mode: str, context: RunContext, sigmas: Tensor, variables: Tensor, z: Tensor,
                    active: list[int], reward: Tensor, output: Tensor, generator: torch.Generator) -> Tensor:

@@ -23,6 +23,7 @@ from .hpsv2 import hpsv2
 from .human import HumanChoice
 from .imagereward import ImageReward
 from .pickscore import pickscore
+from .python_reward import python_reward
 from .simple import Brightness, Coordinate, JpegCompressibility
 from .vlm import vlm_reward
 
@@ -47,6 +48,7 @@ REWARDS: dict[str, RewardFactory] = {
     "imagereward": ImageReward.from_argument,
     "clipscore": clipscore,
     "human": HumanChoice.from_argument,
+    "python": python_reward,
 }
 
 _TERM = re.compile(r"\s*(?P<sign>[+-])?\s*(?:(?P<weight>\d*\.?\d+(?:[eE][-+]?\d+)?)\s*\*\s*)?"
