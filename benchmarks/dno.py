@@ -54,7 +54,8 @@ def dno_trace(problem: Problem, config: DnoConfig, seed: int, budget: int | None
     def observe(event: StepEvent) -> None:
         rows.append({"iteration": event.step, "queries": event.counts["queries"], "nfe": event.counts["nfe"],
                      "seconds": event.counts["seconds"], "reward": float(event.rewards[0]),
-                     "penalty": event.extras["penalty"], **(on_event(event) if on_event else {})})
+                     "penalty": event.extras.get("penalty", ""),  # not computed per iterate at gamma 0
+                     **(on_event(event) if on_event else {})})
 
     result = Dno(config).run(RunContext(problem, seed, Ledger(query_limit=budget), observe))
     return result, rows
@@ -101,7 +102,7 @@ def curves(args: argparse.Namespace) -> None:
                 config = DnoConfig(**{"steps": args.steps, "q": args.q, "lr": args.lr, **overrides})
                 result, trace = dno_trace(problem, config, seed, args.budget)
                 rows += [{"target": target, "mode": label, "seed": seed, **row} for row in trace]
-                print(f"{target:16s} {label:22s} seed {seed}: {result.info['initial_reward']:8.3f} -> "
+                print(f"{target:16s} {label:22s} seed {seed}: {result.info['start_reward']:8.3f} -> "
                       f"{result.reward:8.3f} in {result.info['iterations']} steps, {trace[-1]['queries']} queries, "
                       f"{trace[-1]['seconds']:.0f} s", flush=True)
     write_csv(rows, RESULTS / "dno_curves.csv")
@@ -216,16 +217,16 @@ def hacking(args: argparse.Namespace) -> None:
                     summary.append({
                         "dim": dim, "lr": lr, "gamma": gamma,
                         "penalty_rows": result.info["optimized_noise_elements"] // 4,
-                        "reward_start": result.info["initial_reward"], "reward_best": result.reward,
+                        "reward_start": result.info["start_reward"], "reward_best": result.reward,
                         "reward_in_range": max(in_range, default=float("nan")),
                         "logp": float(model.log_density(result.sample)[0]), "logp_min": low,
                         "penalty_final": result.info["penalty_final"],
                         "norm_statistic": per_step_norm_statistic(result.noises),
                         "first_out_of_range": "never" if first_out is None else first_out})
                     print(f"dim {dim:2d} lr {lr:g} gamma {gamma:g} seed {seed}: reward "
-                          f"{result.info['initial_reward']:7.2f} -> {result.reward:7.2f}, log p "
+                          f"{result.info['start_reward']:7.2f} -> {result.reward:7.2f}, log p "
                           f"{summary[-1]['logp']:9.2f} (plain min {low:.2f}), penalty "
-                          f"{result.info['penalty_initial']:.2f} -> {result.info['penalty_final']:.2f}, "
+                          f"{result.info['penalty_start']:.2f} -> {result.info['penalty_final']:.2f}, "
                           f"{time.perf_counter() - start:.0f} s", flush=True)
     write_csv(summary, RESULTS / "dno_hacking.csv")
     write_csv(traces, RESULTS / "dno_hacking_trace.csv")

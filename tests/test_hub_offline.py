@@ -15,7 +15,9 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -90,25 +92,51 @@ def no_switches(tmp_path, monkeypatch):
     return tmp_path
 
 
-def test_a_cached_reward_loads_without_contacting_the_hub(no_switches, monkeypatch):
+class RecordingHub(ThreadingHTTPServer):
+    """A hub on 127.0.0.1 that answers 404 to everything and records what it was asked."""
+
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        self.paths: list[str] = []
+        hub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                hub.paths.append(f"{self.command} {self.path}")
+                self.send_response(404)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            do_HEAD = do_GET
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        super().__init__(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server_address[1]}"
+        threading.Thread(target=self.serve_forever, args=(0.05,), daemon=True).start()
+
+
+def test_a_cached_reward_loads_without_asking_the_hub_for_it(no_switches, monkeypatch):
     repo = no_switches / "hub" / "models--openai--clip-vit-large-patch14"
     snapshot = repo / "snapshots" / ("0" * 40)
     save_tiny_clip(snapshot, save_clip_tokenizer(snapshot), seed=0)
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text("0" * 40)
     monkeypatch.setattr(clip_common, "_ENCODERS", {})  # keep the tiny model out of other tests
-    with socket.socket() as silent_hub:  # listens, never answers: a request would show and hang
-        silent_hub.bind(("127.0.0.1", 0))
-        silent_hub.listen(8)
-        silent_hub.setblocking(False)
-        monkeypatch.setattr(huggingface_constants, "ENDPOINT", f"http://127.0.0.1:{silent_hub.getsockname()[1]}")
+    recording = RecordingHub()
+    monkeypatch.setattr(huggingface_constants, "ENDPOINT", recording.url)
+    try:
         started = time.perf_counter()
         reward = parse_reward("clipscore")
         seconds = time.perf_counter() - started
-        with pytest.raises(BlockingIOError):
-            silent_hub.accept()  # nobody connected
-    print(f"cached clipscore loaded in {seconds:.3f} s")
+    finally:
+        recording.shutdown()
+        recording.server_close()
+    print(f"cached clipscore loaded in {seconds:.3f} s; the hub was asked {recording.paths}")
     assert reward.name == "clipscore" and seconds < 5.0
+    assert not [path for path in recording.paths if "openai/clip-vit-large-patch14" in path]
 
 
 def test_forbid_downloads_sets_the_switch_for_noisealign_and_huggingface_hub(no_switches):

@@ -108,3 +108,16 @@ def test_finish_a_saved_run_without_a_server(tmp_path, monkeypatch, capsys):
     finished_by_cli = (session.run_dir / "image.png").read_bytes()
     session.finish()  # the first process finishes its own copy: it rewrites the very same image
     assert (session.run_dir / "image.png").read_bytes() == finished_by_cli
+
+
+def test_a_second_server_on_the_same_run_folder_is_refused(tmp_path):
+    out = tmp_path / "run"
+    process, _ = _serve("--K", "4", "--steps", "8", "--lookahead-steps", "4", "--out", str(out))
+    try:
+        env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+        second = subprocess.run([sys.executable, "-m", "noisealign", "ui", "--no-browser", "--resume", str(out)],
+                                cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+        assert second.returncode == 2 and "Traceback" not in second.stderr
+        assert "another noisealign process is writing to" in second.stderr.strip().splitlines()[-1]
+    finally:
+        _stop(process)

@@ -210,8 +210,6 @@ def _generate(args: argparse.Namespace) -> int:
                          prompt=args.prompt, negative_prompt=args.negative_prompt, guidance=args.guidance,
                          budget=args.budget, seed=args.seed, grid=args.grid, out=args.out, model_options=options)
     run = prepare(request, _reward_registry(args))
-    if args.reward is None:
-        print(f"note: no --reward given; aligning the {args.model} model toward {request.reward_spec}", file=sys.stderr)
     try:
         with stop_on_signals():
             report = execute(run, partial(_progress, args) if not args.quiet else None)

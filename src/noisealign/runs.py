@@ -132,6 +132,9 @@ class RunFolder:
             return rescue / name
 
     def write_result(self, record: dict[str, Any]) -> None:
+        """result.json, strict; it lists the files written to the rescue folder, if any."""
+        if self.rescued:
+            record["rescued"] = list(self.rescued)
         self.write("result.json", lambda path: path.write_text(
             json.dumps(strict_json(record), indent=2, allow_nan=False) + "\n"))
 
