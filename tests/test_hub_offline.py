@@ -47,51 +47,6 @@ for name in sys.argv[1:]:
 """
 
 
-def failed_lookups(cache, names, **environment: str) -> list[dict]:
-    """Look each reward up twice in a fresh process with HF_HOME = `cache` (empty) and
-    `environment`; its stderr must stay empty. One record per reward: message, seconds."""
-    env = {key: value for key, value in os.environ.items() if key not in ("HF_HUB_CACHE", "HF_ENDPOINT")}
-    env.update({name: "0" for name in hub.OFFLINE_VARIABLES}, HF_HOME=str(cache), OMP_NUM_THREADS="1",
-               **environment)
-    done = subprocess.run([sys.executable, "-c", LOOKUPS, *names], env=env, capture_output=True, text=True,
-                          timeout=600)
-    assert done.returncode == 0 and done.stderr == "", done.stderr[-3000:]
-    records = [json.loads(line) for line in done.stdout.splitlines()]
-    for record in records:
-        print(f"{record['name']}: one-line error after {record['seconds']:.3f} s")
-        message = record["message"]
-        assert message and "\n" not in message and LEARNED[record["name"]] in message, record
-        assert str(cache) in message and "hf download" in message and f"{record['name']}:/path" in message
-        assert record["seconds"] < 5.0, record
-    assert [record["name"] for record in records] == list(names)
-    return records
-
-
-def test_forbidden_downloads_fail_at_once_in_one_line(tmp_path):
-    for record in failed_lookups(tmp_path, list(LEARNED), NOISEALIGN_OFFLINE="1"):
-        assert "downloads are forbidden" in record["message"]
-
-
-def test_an_unreachable_hub_fails_at_once_in_one_line(tmp_path):
-    with socket.socket() as probe:  # a port nobody listens on: connection refused
-        probe.bind(("127.0.0.1", 0))
-        dead = f"http://127.0.0.1:{probe.getsockname()[1]}"
-    for record in failed_lookups(tmp_path, ["aesthetic", "clipscore"], HF_ENDPOINT=dead):  # a file; a repository
-        assert f"{dead} does not answer" in record["message"]
-
-
-@pytest.fixture
-def no_switches(tmp_path, monkeypatch):
-    """HF_HOME an empty folder and every offline switch off (set first, so that what a test sets
-    is undone after it)."""
-    monkeypatch.setenv("HF_HOME", str(tmp_path))
-    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
-    for name in hub.OFFLINE_VARIABLES:
-        monkeypatch.setenv(name, "0")
-    monkeypatch.setattr(huggingface_constants, "HF_HUB_OFFLINE", False)
-    return tmp_path
-
-
 class RecordingHub(ThreadingHTTPServer):
     """A hub on 127.0.0.1 that answers 404 to everything and records what it was asked."""
 
@@ -117,6 +72,60 @@ class RecordingHub(ThreadingHTTPServer):
         self.url = f"http://127.0.0.1:{self.server_address[1]}"
         threading.Thread(target=self.serve_forever, args=(0.05,), daemon=True).start()
 
+    def stop(self) -> None:
+        self.shutdown()
+        self.server_close()
+
+
+def failed_lookups(cache, names, **environment: str) -> list[dict]:
+    """Look each reward up twice in a fresh process with HF_HOME = `cache` (empty) and
+    `environment`; its stderr must stay empty. One record per reward: message, seconds."""
+    env = {key: value for key, value in os.environ.items() if key not in ("HF_HUB_CACHE", "HF_ENDPOINT")}
+    env.update({name: "0" for name in hub.OFFLINE_VARIABLES}, HF_HOME=str(cache), OMP_NUM_THREADS="1",
+               **environment)
+    done = subprocess.run([sys.executable, "-c", LOOKUPS, *names], env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0 and done.stderr == "", done.stderr[-3000:]
+    records = [json.loads(line) for line in done.stdout.splitlines()]
+    for record in records:
+        print(f"{record['name']}: one-line error after {record['seconds']:.3f} s")
+        message = record["message"]
+        assert message and "\n" not in message and LEARNED[record["name"]] in message, record
+        assert str(cache) in message and "hf download" in message and f"{record['name']}:/path" in message
+        assert record["seconds"] < 5.0, record
+    assert [record["name"] for record in records] == list(names)
+    return records
+
+
+def test_forbidden_downloads_fail_at_once_in_one_line_without_a_request(tmp_path):
+    recording = RecordingHub()
+    try:
+        records = failed_lookups(tmp_path, list(LEARNED), NOISEALIGN_OFFLINE="1", HF_ENDPOINT=recording.url)
+    finally:
+        recording.stop()
+    assert all("downloads are forbidden" in record["message"] for record in records)
+    assert recording.paths == []
+
+
+def test_an_unreachable_hub_fails_at_once_in_one_line(tmp_path):
+    with socket.socket() as probe:  # a port nobody listens on: connection refused
+        probe.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    for record in failed_lookups(tmp_path, ["aesthetic", "clipscore"], HF_ENDPOINT=dead):  # a file; a repository
+        assert f"{dead} does not answer" in record["message"]
+
+
+@pytest.fixture
+def no_switches(tmp_path, monkeypatch):
+    """HF_HOME an empty folder and every offline switch off (set first, so that what a test sets
+    is undone after it)."""
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    for name in hub.OFFLINE_VARIABLES:
+        monkeypatch.setenv(name, "0")
+    monkeypatch.setattr(huggingface_constants, "HF_HUB_OFFLINE", False)
+    return tmp_path
+
 
 def test_a_cached_reward_loads_without_asking_the_hub_for_it(no_switches, monkeypatch):
     repo = no_switches / "hub" / "models--openai--clip-vit-large-patch14"
@@ -132,8 +141,7 @@ def test_a_cached_reward_loads_without_asking_the_hub_for_it(no_switches, monkey
         reward = parse_reward("clipscore")
         seconds = time.perf_counter() - started
     finally:
-        recording.shutdown()
-        recording.server_close()
+        recording.stop()
     print(f"cached clipscore loaded in {seconds:.3f} s; the hub was asked {recording.paths}")
     assert reward.name == "clipscore" and seconds < 5.0
     assert not [path for path in recording.paths if "openai/clip-vit-large-patch14" in path]

@@ -223,3 +223,13 @@ def test_two_generate_runs_on_one_out_one_is_refused(tmp_path):
     assert len(refused.strip().splitlines()) == 1 and ("another noisealign process" in refused
                                                        or "already exists" in refused)
     assert strict_json(out / "result.json")["status"] == "complete"
+
+
+def test_regenerate_builds_no_reward(tmp_path):
+    """The run's reward lives in a module that regenerate cannot even import: it is never built."""
+    out = tmp_path / "run"
+    done = noisealign("generate", "--quiet", "--out", str(out), "--reward", "python:misbehaving_rewards.fails_at_call",
+                      *FAST["demon"], env={"NOISEALIGN_TEST_AFTER": "1000"})
+    assert done.returncode == 0, done.stderr
+    again = noisealign("regenerate", str(out), env={"PYTHONPATH": str(ROOT / "src")})
+    assert again.returncode == 0 and "identical" in again.stdout, again.stdout + again.stderr

@@ -174,7 +174,7 @@ def test_closed_browser_keeps_the_run_on_disk_and_the_page_reopens(server, sessi
         saved = json.loads((run / "choices.json").read_text())
         assert [c["chosen"] for c in saved["choices"]][-1] == chosen and len(saved["choices"]) == step
         assert len(list(csv.DictReader(open(run / "trace.csv")))) == step
-        assert json.loads((run / "result.json").read_text())["status"] == "in progress"
+        assert json.loads((run / "result.json").read_text())["status"] == "running"
     # the tab is gone; a new one (same URL) picks the run up where it was
     status, reopened = _state(server)
     assert status == 200 and reopened["step"] == 3 and len(reopened["candidates"]) == SMALL.K

@@ -26,7 +26,7 @@ from .models.registry import GUIDED, check_model, check_model_options, load_mode
 from .options import is_finite
 from .rewards.base import Reward
 from .rewards.registry import parse_reward, reward_terms
-from .runs import RunFolder, Trace, check_out, environment
+from .runs import RunFolder, Trace, check_out, record_head
 from .stopping import signal_of
 
 SEED_LIMIT = 2 ** 63
@@ -198,8 +198,7 @@ def execute(run: PreparedRun, progress: ProgressFactory | None = None) -> RunRep
 
 def _record_head(run: PreparedRun, path: Path) -> dict[str, Any]:
     r = run.request
-    return {"status": "running", "method": r.method, "model": r.model, "prompt": r.prompt, "reward": r.reward_spec,
-            "seed": r.seed, "budget": r.budget, "config": run.config, "environment": environment()}
+    return record_head(r.method, r.model, r.prompt, r.reward_spec, r.seed, r.budget, run.config)
 
 
 def _write_primary(folder: RunFolder, record: dict[str, Any], outcome: Outcome, trace: Trace) -> None:

@@ -175,6 +175,13 @@ def strict_json(value: Any) -> Any:
     return value
 
 
+def record_head(method: str, model: str, prompt: str, reward: str, seed: int, budget: int | None,
+                config: dict[str, Any], status: str = "running") -> dict[str, Any]:
+    """The keys every result.json starts with, for `generate` and `noisealign ui` alike."""
+    return {"status": status, "method": method, "model": model, "prompt": prompt, "reward": reward, "seed": seed,
+            "budget": budget, "config": config, "environment": environment()}
+
+
 def environment() -> dict[str, Any]:
     """What bit-identical reruns depend on (docs/determinism.md): versions and the thread count."""
     return {"noisealign": __version__, "torch": torch.__version__, "python": platform.python_version(),

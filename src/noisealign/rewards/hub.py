@@ -82,6 +82,8 @@ def _cache_or_hub(reward: str, repo_id: str, filename: str | None, load: Callabl
     from huggingface_hub.errors import EntryNotFoundError
 
     missing = (OSError, EntryNotFoundError)  # hub HTTP errors and transformers' "not found" are OSErrors
+    if offline():
+        forbid_downloads()  # huggingface_hub may not know yet: it would still send small requests of its own
     try:
         return load(True)
     except missing:

@@ -35,7 +35,7 @@ from ..methods.base import Problem, RunContext
 from ..methods.demon import DemonConfig, DemonSession
 from ..methods.plain import Plain
 from ..rewards.human import HumanChoice
-from ..runs import RunFolder, Trace, environment
+from ..runs import RunFolder, Trace, record_head
 from . import render
 
 CHOICES_FILE = "choices.json"
@@ -321,18 +321,17 @@ class HumanSession:
     def _result(self) -> dict[str, Any]:
         """result.json: the CLI's keys; the reward is the person ("human"), who gives no score."""
         spec, ledger = self.spec, self.ledger
-        return {"status": "complete" if self.finished else "running",
-                "method": "demon", "model": spec.model, "prompt": spec.prompt, "reward": "human",
-                "reward_source": "human", "seed": spec.seed,
-                "final_reward": None, "baseline_reward": None,
-                "reward_queries": ledger.reward_queries, "nfe": ledger.nfe,
-                "network_evaluations": ledger.network_evaluations, "seconds": round(self.seconds, 3),
-                "demon_steps": len(self.choices), "undone": self.undone,
-                "degenerate_steps": self.demon.degenerate_steps, "ode_after": self.demon.ode_after,
-                "config": {"method": asdict(self.config), "budget": None, "guidance": spec.guidance,
-                           "negative_prompt": spec.negative_prompt, "grid": 1,
-                           "model_options": {k: v for k, v in spec.model_options.items() if v is not None}},
-                "environment": environment()}
+        config = {"method": asdict(self.config), "budget": None, "guidance": spec.guidance,
+                  "negative_prompt": spec.negative_prompt, "grid": 1,
+                  "model_options": {k: v for k, v in spec.model_options.items() if v is not None}}
+        record = record_head("demon", spec.model, spec.prompt, "human", spec.seed, None, config,
+                             status="complete" if self.finished else "running")
+        record.update(reward_source="human", final_reward=None, baseline_reward=None,
+                      reward_queries=ledger.reward_queries, nfe=ledger.nfe,
+                      network_evaluations=ledger.network_evaluations, seconds=round(self.seconds, 3),
+                      demon_steps=len(self.choices), undone=self.undone,
+                      degenerate_steps=self.demon.degenerate_steps, ode_after=self.demon.ode_after)
+        return record
 
 
 def _digest(x: Tensor) -> str:
