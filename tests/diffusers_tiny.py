@@ -1,8 +1,9 @@
-"""Tiny random-weight diffusers pipelines for tests: SD 1.x/2.x, SDXL and SD3 in miniature.
+"""Tiny random-weight diffusers pipelines for tests: SD 1.x/2.x, SDXL, SD3, SD3.5 and FLUX in miniature.
 
 Every component is built from a config with a fixed torch seed (no download), so a test can
 save a pipeline to a temp folder and load it back through the same code path as a hub id.
-Latents are 4 x 8 x 8 and images 16 x 16 (a VAE with one downsampling).
+Latents are 4 x 8 x 8 and images 16 x 16 (a VAE with one downsampling); FLUX packs the
+latent into 4 x 4 tokens of 16 channels.
 """
 
 from __future__ import annotations
@@ -102,23 +103,60 @@ def sdxl_pipeline(seed: int = 0, latents_stats: bool = False, **schedule):
         force_zeros_for_empty_prompt=True)
 
 
-def sd3_pipeline(seed: int = 0):
-    """StableDiffusion3Pipeline: MMDiT transformer, two CLIP encoders and a T5, flow matching."""
+def t5_encoder():
+    from transformers import T5Config, T5EncoderModel
+
+    return T5EncoderModel(T5Config(vocab_size=55, d_model=64, d_ff=37, d_kv=16, num_layers=1,
+                                   num_heads=4, relative_attention_num_buckets=8)).eval()
+
+
+def flow_vae():
+    """The VAE of SD3 / FLUX: latents are shifted as well as scaled, no quantization convolutions."""
+    return vae(shift_factor=0.0609, scaling_factor=1.5305, use_quant_conv=False, use_post_quant_conv=False)
+
+
+def sd3_pipeline(seed: int = 0, sd35: bool = False):
+    """StableDiffusion3Pipeline: MMDiT transformer, two CLIP encoders and a T5, flow matching.
+
+    sd35: SD3.5's transformer (query-key RMS norm, a dual-attention first layer as in SD3.5
+    Medium); the rest of the pipeline is SD3's.
+    """
     from diffusers import (FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel,
                            StableDiffusion3Pipeline)
-    from transformers import CLIPTextModelWithProjection, T5Config, T5EncoderModel
+    from transformers import CLIPTextModelWithProjection
 
     torch.manual_seed(seed)
+    sd35_config = dict(qk_norm="rms_norm", dual_attention_layers=(0,)) if sd35 else {}
     transformer = SD3Transformer2DModel(
         sample_size=SIZE // 2, patch_size=2, in_channels=4, out_channels=4, num_layers=2,
         attention_head_dim=8, num_attention_heads=4, joint_attention_dim=64,
-        caption_projection_dim=32, pooled_projection_dim=64, pos_embed_max_size=16)
-    t5 = T5EncoderModel(T5Config(vocab_size=55, d_model=64, d_ff=37, d_kv=16, num_layers=1,
-                                 num_heads=4, relative_attention_num_buckets=8)).eval()
+        caption_projection_dim=32, pooled_projection_dim=64, pos_embed_max_size=16, **sd35_config)
     return StableDiffusion3Pipeline(
-        transformer=transformer, vae=vae(shift_factor=0.0609, scaling_factor=1.5305,
-                                         use_quant_conv=False, use_post_quant_conv=False),
+        transformer=transformer, vae=flow_vae(),
         text_encoder=CLIPTextModelWithProjection(clip_config()).eval(), tokenizer=clip_tokenizer(),
         text_encoder_2=CLIPTextModelWithProjection(clip_config()).eval(), tokenizer_2=clip_tokenizer(),
-        text_encoder_3=t5, tokenizer_3=t5_tokenizer(),
+        text_encoder_3=t5_encoder(), tokenizer_3=t5_tokenizer(),
         scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0))
+
+
+def flux_pipeline(variant: str = "dev", seed: int = 0):
+    """FluxPipeline: a CLIP (pooled) and a T5 (states), the FLUX transformer on 2x2-packed latents.
+
+    variant "dev": a guidance embedding and FLUX.1-dev's resolution-dependent shift;
+    "schnell": neither, FLUX.1-schnell's unshifted schedule (as their hub configs have them).
+    """
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from transformers import CLIPTextModel
+
+    dev = variant == "dev"
+    torch.manual_seed(seed)
+    transformer = FluxTransformer2DModel(
+        patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16,
+        num_attention_heads=2, joint_attention_dim=64, pooled_projection_dim=32, guidance_embeds=dev,
+        axes_dims_rope=(4, 6, 6))
+    schedule = dict(use_dynamic_shifting=True, shift=3.0) if dev else dict(use_dynamic_shifting=False, shift=1.0)
+    return FluxPipeline(
+        transformer=transformer, vae=flow_vae(), text_encoder=CLIPTextModel(clip_config()).eval(),
+        tokenizer=clip_tokenizer(), text_encoder_2=t5_encoder(), tokenizer_2=t5_tokenizer(),
+        scheduler=FlowMatchEulerDiscreteScheduler(base_shift=0.5, max_shift=1.15, base_image_seq_len=256,
+                                                  max_image_seq_len=4096, **schedule))

@@ -1,8 +1,10 @@
-"""The Stable Diffusion family wrappers against diffusers' own pipelines, on tiny random weights.
+"""The diffusers family wrappers against diffusers' own pipelines, on tiny random weights.
 
 Each tiny pipeline is saved to a temp folder and loaded by load_diffusers_model, the path a
 hub id takes once resolved. `plain` (our engine on model.sigmas, x_T = prior_std * z with z
-from torch.Generator().manual_seed(seed), CFG by models.base) must give diffusers' image.
+from torch.Generator().manual_seed(seed), guidance by models.base) must give diffusers' image.
+For FLUX, z is the unpacked latent diffusers draws before packing it, so no latents are
+handed to diffusers: both draw them from the same seed.
 """
 
 from __future__ import annotations
@@ -46,7 +48,8 @@ def pipelines():
     built = {"sd": tiny.sd_pipeline("epsilon"), "sd-v": tiny.sd_pipeline("v_prediction"),
              "sdxl": tiny.sdxl_pipeline(), "sdxl-stats": tiny.sdxl_pipeline(latents_stats=True),
              "sdxl-turbo": tiny.sdxl_pipeline(timestep_spacing="trailing"),
-             "sd3": tiny.sd3_pipeline()}
+             "sd3": tiny.sd3_pipeline(), "sd3.5": tiny.sd3_pipeline(sd35=True),
+             "flux-dev": tiny.flux_pipeline("dev"), "flux-schnell": tiny.flux_pipeline("schnell")}
     for pipe in built.values():
         pipe.set_progress_bar_config(disable=True)
     return built
@@ -70,6 +73,16 @@ def saved(pipe, tmp_path_factory, name: str) -> str:
     return str(folder)
 
 
+def load(folder: str, **options):
+    """The saved tiny pipeline at the tiny image size (FLUX's native size is 1024 px)."""
+    return load_diffusers_model(folder, height=tiny.SIZE, width=tiny.SIZE, **options)
+
+
+def guidance_for(model, guidance: float) -> float:
+    """`guidance`, or 1 for a model that takes none (FLUX.1-schnell)."""
+    return 1.0 if model.guidance_kind == "none" else guidance
+
+
 def ours(model, steps: int, guidance: float, eta: float = 0.0) -> torch.Tensor:
     """`plain`: x_T then (for eta > 0) one noise per step from the seed's generator, as diffusers draws them."""
     sigmas = model.sigmas(steps)
@@ -91,9 +104,14 @@ def theirs(pipe, steps: int, guidance: float, **kwargs) -> torch.Tensor:
                 generator=torch.Generator().manual_seed(SEED), output_type="pt", **kwargs).images
 
 
+PIPELINE_OPTIONS = {"flux-schnell": {"max_sequence_length": 256}}
+"""diffusers' call options that differ from its defaults where a spec follows the model card:
+FLUX.1-schnell encodes 256 T5 tokens, the pipeline 512 by default."""
+
 # (pipeline, diffusers scheduler class, config overrides, our scheduler): every prediction type,
 # both VP grids (integer and fractional Euler timesteps, zero terminal SNR), SDXL's added
-# conditioning and VAE latent statistics, SD3's flow.
+# conditioning and VAE latent statistics, the flows of SD3, SD3.5 (qk-norm, dual attention)
+# and FLUX (packed latents; dev's guidance embedding and resolution shift, schnell's neither).
 CASES = {
     "sd-eps-ddim": ("sd", "DDIMScheduler", {}, "ddim"),
     "sd-eps-ddim-alpha-one": ("sd", "DDIMScheduler", {"set_alpha_to_one": True}, "ddim"),
@@ -106,6 +124,9 @@ CASES = {
     "sdxl-ddim": ("sdxl", "DDIMScheduler", {}, "ddim"),
     "sdxl-vae-latents-stats": ("sdxl-stats", "EulerDiscreteScheduler", {}, "euler"),
     "sd3-flow-euler": ("sd3", "FlowMatchEulerDiscreteScheduler", {}, "euler"),
+    "sd3.5-flow-euler": ("sd3.5", "FlowMatchEulerDiscreteScheduler", {}, "euler"),
+    "flux-dev-flow-euler": ("flux-dev", "FlowMatchEulerDiscreteScheduler", {}, "euler"),
+    "flux-schnell-flow-euler": ("flux-schnell", "FlowMatchEulerDiscreteScheduler", {}, "euler"),
 }
 
 
@@ -113,17 +134,19 @@ CASES = {
 def test_plain_equals_diffusers(case, pipelines, tmp_path_factory):
     family, scheduler_class, overrides, scheduler = CASES[case]
     pipe = with_scheduler(pipelines[family], scheduler_class, **overrides)
-    model = load_diffusers_model(saved(pipe, tmp_path_factory, case), scheduler=scheduler)
-    expected = theirs(pipe, steps=3, guidance=5.0)
-    got = ours(model, steps=3, guidance=5.0)
+    model = load(saved(pipe, tmp_path_factory, case), scheduler=scheduler)
+    expected = theirs(pipe, steps=3, guidance=5.0, **PIPELINE_OPTIONS.get(family, {}))
+    got = ours(model, steps=3, guidance=guidance_for(model, 5.0))
     assert got.shape == expected.shape == (1, 3, tiny.SIZE, tiny.SIZE)
     assert (got - expected).abs().max() <= TOLERANCE
 
 
-def test_tolerance_discriminates(pipelines, tmp_path_factory):
-    """The tiny models are sensitive enough: guidance 1 instead of 5 already fails the check."""
-    pipe = with_scheduler(pipelines["sd"], "DDIMScheduler")
-    model = load_diffusers_model(saved(pipe, tmp_path_factory, "sd-guidance"), scheduler="ddim")
+@pytest.mark.parametrize("family", ["sd", "flux-dev"])
+def test_tolerance_discriminates(family, pipelines, tmp_path_factory):
+    """The tiny models are sensitive enough: guidance 1 instead of 5 already fails the check
+    (classifier-free for SD, the guidance embedding for FLUX.1-dev)."""
+    pipe = pipelines[family]
+    model = load(saved(pipe, tmp_path_factory, family + "-guidance"))
     assert (ours(model, steps=3, guidance=1.0) - theirs(pipe, steps=3, guidance=5.0)).abs().max() > 2 * TOLERANCE
 
 
@@ -150,22 +173,24 @@ def test_turbo_ancestral_equals_diffusers(pipelines, tmp_path_factory):
     assert (ours(model, steps=1, guidance=model.default_guidance) - one_step).abs().max() <= TOLERANCE
 
 
-def test_consistency_estimate_only_for_few_step_models(pipelines, tmp_path_factory):
-    turbo = load_diffusers_model(saved(pipelines["sdxl-turbo"], tmp_path_factory, "sdxl-turbo-c"))
-    base = load_diffusers_model(saved(pipelines["sdxl"], tmp_path_factory, "sdxl-base"))
+@pytest.mark.parametrize("few_step, base", [("sdxl-turbo", "sdxl"), ("flux-schnell", "flux-dev")])
+def test_consistency_estimate_only_for_few_step_models(few_step, base, pipelines, tmp_path_factory):
+    """SDXL-Turbo is few-step by its name, FLUX.1-schnell by its spec (no "turbo" in its name)."""
+    turbo = load(saved(pipelines[few_step], tmp_path_factory, few_step + "-c"))
+    base = load(saved(pipelines[base], tmp_path_factory, base + "-base"))
     x = torch.randn(2, *turbo.sample_shape)
     sigma = torch.tensor(3.0)
     cond = turbo.encode_prompt(PROMPT)
     assert turbo.supports_consistency and not base.supports_consistency
     assert torch.equal(turbo.consistency_estimate(x, sigma, cond), turbo.denoise(x, sigma, cond))
     with pytest.raises(NoiseAlignError, match="tweedie"):
-        base.consistency_estimate(x, sigma, cond)
+        base.consistency_estimate(x, sigma, base.encode_prompt(PROMPT))
 
 
-@pytest.mark.parametrize("family", ["sdxl", "sd3"])
+@pytest.mark.parametrize("family", ["sdxl", "sd3", "flux-dev"])
 def test_batch_rows_are_independent(family, pipelines, tmp_path_factory):
     """A batch with per-sample sigmas (Demon's K candidates) equals its rows run one at a time."""
-    model = load_diffusers_model(saved(pipelines[family], tmp_path_factory, family + "-batch"))
+    model = load(saved(pipelines[family], tmp_path_factory, family + "-batch"))
     cond = model.encode_prompt(PROMPT)
     x = torch.randn(2, *model.sample_shape, generator=torch.Generator().manual_seed(0))
     sigma = torch.tensor([5.0, 0.5])
@@ -177,11 +202,11 @@ def test_batch_rows_are_independent(family, pipelines, tmp_path_factory):
         assert torch.allclose(model.decode(batch), torch.cat([model.decode(b[None]) for b in batch]), atol=1e-6)
 
 
-@pytest.mark.parametrize("family", ["sd", "sd3"])
+@pytest.mark.parametrize("family", ["sd", "sd3", "flux-dev"])
 def test_karras_grid_and_bfloat16(family, pipelines, tmp_path_factory):
     """The Karras grid spans the model's sigma range; bf16 networks keep the state and images float32."""
     folder = saved(pipelines[family], tmp_path_factory, family + "-bf16")
-    exact, half = (load_diffusers_model(folder, dtype=d, scheduler="karras") for d in ("fp32", "bf16"))
+    exact, half = (load(folder, dtype=d, scheduler="karras") for d in ("fp32", "bf16"))
     sigmas = half.sigmas(4)
     assert torch.allclose(sigmas, karras_sigmas(4, half.sigma_min, half.sigma_max))
     assert half.sigma_min < 0.05 and half.sigma_max > 14
@@ -220,48 +245,60 @@ def test_hub_id_resolves_to_its_cached_folder(pipelines, tmp_path, monkeypatch):
     ("digts", {}, "unknown model 'digts'"),
     ("weights.safetensors", {}, "single-file checkpoint"),
     ("{empty}", {}, "model_index.json"),
-    ("{flux}", {}, "FluxPipeline"),
+    ("{img2img}", {}, "a FluxImg2ImgPipeline pipeline; noisealign runs .*FluxPipeline"),
+    ("{flux}", {"height": 18}, "divisible by 4"),
     ("{lcm}", {}, "guidance-embedded"),
     ("{sd}", {"dtype": "fp8"}, "unknown dtype"),
     ("{sd}", {"scheduler": "pndm"}, "unknown scheduler 'pndm'"),
     ("{sd}", {"height": 20}, "divisible by 8"),
 ])
 def test_bad_input_is_one_clear_error(name, options, message, pipelines, tmp_path_factory):
-    folders = {"empty": tmp_path_factory.mktemp("empty"), "flux": tmp_path_factory.mktemp("flux"),
+    folders = {"empty": tmp_path_factory.mktemp("empty"), "img2img": tmp_path_factory.mktemp("img2img"),
                "lcm": tmp_path_factory.mktemp("lcm")}
-    (folders["flux"] / "model_index.json").write_text(json.dumps({"_class_name": "FluxPipeline"}))
+    (folders["img2img"] / "model_index.json").write_text(json.dumps({"_class_name": "FluxImg2ImgPipeline"}))
     for file, config in [("model_index.json", {"_class_name": "StableDiffusionPipeline"}),
                          ("scheduler/scheduler_config.json", {}), ("vae/config.json", {}),
                          ("unet/config.json", {"time_cond_proj_dim": 256})]:
         (folders["lcm"] / file).parent.mkdir(exist_ok=True)
         (folders["lcm"] / file).write_text(json.dumps(config))
-    if "{sd}" in name:
-        folders["sd"] = saved(pipelines["sd"], tmp_path_factory, "sd-bad")
+    for family in ("sd", "flux"):
+        if "{%s}" % family in name:
+            folders[family] = saved(pipelines["flux-dev" if family == "flux" else family], tmp_path_factory,
+                                    family + "-bad")
     with pytest.raises(NoiseAlignError, match=message):
         load_model(name.format(**folders), **options)
 
 
-@pytest.mark.parametrize("family", ["sd", "sdxl", "sdxl-turbo", "sd3"])
+LOOKAHEADS = {"sd": "ode", "sdxl": "tweedie", "sdxl-turbo": "consistency", "sd3": "tweedie", "sd3.5": "ode",
+              "flux-dev": "ode", "flux-schnell": "consistency"}
+"""Demon's look-ahead per family: the few-step models' consistency estimate, and the ODE
+look-ahead on one VP and two flow families."""
+
+
+@pytest.mark.parametrize("family", LOOKAHEADS)
 def test_every_method_runs_on_every_family(family, pipelines, tmp_path_factory):
-    """best-of-n, Demon (consistency look-ahead on Turbo) and DNO through the VAE, within budget;
-    Demon's and DNO's saved noises regenerate their images exactly."""
+    """plain (the stochastic sampler, eta 1), best-of-n, Demon (its beta-SDE) and DNO (DDIM
+    eta 1) through the VAE, within budget; each regenerates its image exactly, plain by
+    running again, the others from their saved noises."""
     from noisealign.align import align
-    from noisealign.methods.best_of_n import BestOfN
+    from noisealign.methods.best_of_n import BestOfN, BestOfNConfig
     from noisealign.methods.demon import Demon, DemonConfig
     from noisealign.methods.dno import Dno, DnoConfig
 
-    model = load_diffusers_model(saved(pipelines[family], tmp_path_factory, family + "-methods"))
-    turbo = family == "sdxl-turbo"
-    assert model.supports_consistency == turbo
-    problem = Problem(model, parse_reward("brightness"), PROMPT, guidance=1.0 if turbo else 3.0)
-    lookahead = "consistency" if turbo else "tweedie"
-    methods = [(BestOfN(), 2),
-               (Demon(DemonConfig(K=2, grid_points=4, lookahead=lookahead, ode_after=0.0)), 4),
+    model = load(saved(pipelines[family], tmp_path_factory, family + "-methods"))
+    few_step = family in ("sdxl-turbo", "flux-schnell")
+    assert model.supports_consistency == few_step
+    problem = Problem(model, parse_reward("brightness"), PROMPT, guidance=None if few_step else 3.0)
+    demon = DemonConfig(K=2, grid_points=4, lookahead=LOOKAHEADS[family], lookahead_steps=2, ode_after=0.0)
+    # best-of-n one candidate per batch: its regeneration samples the kept candidate alone, and a
+    # network's float rounding may differ between batch sizes.
+    methods = [(Plain(PlainConfig(steps=3, eta=1.0)), 0),
+               (BestOfN(BestOfNConfig(batch_size=1, sampler=PlainConfig(steps=3))), 2), (Demon(demon), 4),
                (Dno(DnoConfig(mode="grad", steps=2, iterations=1)), 2)]
     for method, budget in methods:
         outcome = align(problem, method, SEED, budget)
-        assert outcome.ledger.reward_queries <= budget and outcome.ledger.reward_queries > 0
+        assert outcome.ledger.reward_queries == budget
         assert torch.isfinite(outcome.result.output).all() and outcome.result.output.shape[1] == 3
-        if method.name in ("demon", "dno"):
-            again = method.regenerate(RunContext(problem, SEED, Ledger()), outcome.result.noises)
-            assert torch.equal(again.output, outcome.result.output), method.name
+        context = RunContext(problem, SEED, Ledger())
+        again = method.regenerate(context, outcome.result.noises) if outcome.result.noises else method.run(context)
+        assert torch.equal(again.output, outcome.result.output), method.name

@@ -18,7 +18,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{ROOT / 'tests'}", "OMP_NUM_THREADS": "1",
-       "NOISEALIGN_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
+       "NOISEALIGN_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "HF_HOME": "/nonexistent/noisealign-test-hf"}
 FAST = {  # each method's smallest sensible run on the digits model
     "plain": ["--method", "plain", "--steps", "6"],
     "best-of-n": ["--method", "best-of-n", "--steps", "6", "--batch-size", "2", "--budget", "40"],
@@ -86,6 +86,8 @@ BAD_INPUT = {  # name: (flags, a phrase of the one error line)
     "consistency look-ahead on digits": (["--lookahead", "consistency"], "offers no consistency"),
     "grad DNO on a non-differentiable reward": (["--method", "dno", "--dno-mode", "grad", "--reward", "jpeg"],
                                                 "not differentiable"),
+    "learned reward without its weights, offline": (["--offline", "--reward", "pickscore"],
+                                                     "is not in the Hugging Face cache"),
     "python reward that does not import": (["--reward", "python:nosuch_module.reward"], "cannot import"),
     "corrupt model_index.json": (["--model", "{bad-index}"], "is not valid JSON"),
     "corrupt unet config": (["--model", "{bad-unet}", "--reward", "brightness"], "look damaged"),

@@ -108,6 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Serve a local web page where you are Demon's reward: at each step choose the candidate "
                     "images you prefer (chosen +1, others -1), undo, finish, download the run folder.")
     add_ui_arguments(ui)
+    from .sweep.cli import add_parsers as add_sweep_parsers
+
+    add_sweep_parsers(commands)
     return parser
 
 
@@ -153,9 +156,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             _parse_method_flags(args, rest)
         elif rest:
             parser.error(f"unrecognized arguments: {' '.join(rest)}")
-        if getattr(args, "offline", False):
-            from .rewards.hub import forbid_downloads
+        from .rewards.hub import forbid_downloads, offline
 
+        if getattr(args, "offline", False) or offline():   # one switch for rewards and model pipelines
             forbid_downloads()
         if getattr(args, "threads", None) is not None:
             _set_threads(args.threads)
@@ -163,6 +166,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .ui.launch import main as ui_main
 
             return ui_main(args)
+        from .sweep.cli import COMMANDS as SWEEP_COMMANDS, main as sweep_main
+
+        if args.command in SWEEP_COMMANDS:
+            return sweep_main(args)
         return _generate(args) if args.command == "generate" else _regenerate(Path(args.run_dir), args.threads)
     except NoiseAlignError as error:
         print(f"error: {error}", file=sys.stderr)

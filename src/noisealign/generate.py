@@ -22,6 +22,7 @@ from .align import COMPLETE, FAILED, INTERRUPTED, Outcome, RunFailed, RunInterru
 from .errors import NoiseAlignError
 from .methods.base import Method, Observer, Problem, StepEvent
 from .methods.registry import METHODS
+from .models.base import DiffusionModel
 from .models.registry import GUIDED, check_model, check_model_options, load_model
 from .options import is_finite
 from .rewards.base import Reward
@@ -106,14 +107,16 @@ class PreparedRun:
                 "model_options": {k: v for k, v in r.model_options.items() if v is not None}}
 
 
-def prepare(request: RunRequest, reward_registry: dict | None = None, reward: Reward | None = None) -> PreparedRun:
-    """Load the model and the reward (or take `reward`), check the prompt, plan the method.
+def prepare(request: RunRequest, reward_registry: dict | None = None, reward: Reward | None = None,
+            model: DiffusionModel | None = None) -> PreparedRun:
+    """Load the model and the reward (or take `model` and `reward`, already loaded, as a sweep's
+    worker does), check the prompt, plan the method.
 
     Raises NoiseAlignError for anything that cannot run; writes nothing.
     """
     check_model(request.model)                        # cheap: before the reward's weights load
     reward = reward if reward is not None else parse_reward(request.reward_spec, reward_registry)
-    model = load_model(request.model, **request.model_options)
+    model = model if model is not None else load_model(request.model, **request.model_options)
     model.encode_prompt(request.prompt)               # a prompt the model cannot take fails here
     if request.negative_prompt:
         model.encode_prompt(request.negative_prompt)

@@ -6,10 +6,10 @@ so the decoded output is x = decode(sample(z_T, z_1 ... z_n)). DNO maximizes
 
     r(x(z)) - gamma * reg(z)
 
-over z with Adam, starting from the seed's own noises: iteration 0 is this sampler's own
-sample of the seed (`plain --steps S --eta 1` at the default eta), not the model's default
-sampler that a run's `baseline_reward` uses; its reward is `start_reward`. The best iterate
-is kept (`RunContext.keep`) from the moment it is scored, so a run stopped early still has it.
+over z with Adam, starting from the seed's own noises: iteration 0 is the seed's sample from
+this DDIM-eta sampler (`plain` with DNO's steps and eta; DDPM at eta = 1), not from the model's
+default sampler that a run's `baseline_reward` scores; its reward is `start_reward`. The best
+iterate is kept (`RunContext.keep`) as soon as it is scored, so a run stopped early has it.
 The gradient of r comes from one of three estimators (`mode`):
 
 - grad:   back-propagation through reward, decoder and every sampler step (section 4.1).
@@ -26,8 +26,9 @@ Cost accounting (the run's Ledger):
 - nfe counts every forward evaluation of the denoiser, including the recomputation that
   gradient checkpointing does during the backward pass (it is real model work): a grad step
   costs 2 * steps with checkpointing, `steps` without. Backward passes are not counted.
-- The kept sample is regenerated from the best noises once more at the end (steps NFE,
-  no query), so `result.output` is exactly what `Dno.regenerate` returns from noise.pt.
+- The kept sample is regenerated from the best noises once more at the end, or when a run
+  stopped early asks for its best so far (steps NFE, no query), so `result.output` is exactly
+  what `Dno.regenerate` returns from noise.pt.
 """
 
 from __future__ import annotations

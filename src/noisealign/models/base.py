@@ -14,6 +14,8 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
+from ..errors import NoiseAlignError
+
 Conditioning = Any
 """A model's encoded prompt: a tensor or a dict of tensors whose leading dimension is 1.
 
@@ -31,8 +33,15 @@ class DiffusionModel(Protocol):
         sample_shape: shape of one state x (without batch), e.g. (1, 8, 8) or (4, 64, 64).
         sigma_min, sigma_max: the noise range the model was trained on.
         default_steps: grid points of the plain sampler.
-        default_guidance: classifier-free guidance scale of the plain sampler (1 = none).
+        default_guidance: guidance scale of the plain sampler (for "cfg", 1 = none).
         default_solver: the plain sampler's ODE solver, "euler" (= DDIM) or "heun".
+
+    Optional (`guidance_kind_of` reads it, "cfg" when absent):
+        guidance_kind: how a guidance scale reaches the network. "cfg" (the default):
+            classifier-free guidance against a negative prompt, two evaluations per call;
+            "distilled": the network takes the scale as an input (FLUX.1-dev's guidance
+            embedding), one evaluation, set by `embed_guidance(cond, guidance)`; "none": the
+            model takes no guidance (FLUX.1-schnell).
     """
 
     name: str
@@ -60,13 +69,22 @@ class DiffusionModel(Protocol):
         """Scale of x_T = prior_std(sigma_T) * z: sigma for EDM models, sqrt(1 + sigma^2) for VP ones."""
 
 
+GUIDANCE_KINDS = ("cfg", "distilled", "none")
+
+
+def guidance_kind_of(model: DiffusionModel) -> str:
+    """The model's `guidance_kind`; "cfg" for models that do not say (digits, gmm)."""
+    return getattr(model, "guidance_kind", "cfg")
+
+
 @dataclass(frozen=True)
 class Denoiser:
-    """D(x, sigma) for one prompt with classifier-free guidance folded in.
+    """D(x, sigma) for one prompt, its guidance folded in.
 
-    D = D_uncond + guidance * (D_cond - D_uncond) (Ho & Salimans 2022, written on x0;
-    it is the same affine combination as on eps). Both halves run as one batch.
-    guidance == 1 or an unconditional prompt skips the second half.
+    With `uncond`, classifier-free guidance: D = D_uncond + guidance * (D_cond - D_uncond)
+    (Ho & Salimans 2022, written on x0; it is the same affine combination as on eps), both
+    halves run as one batch. Without, one call on `cond`, which already holds whatever
+    guidance the model takes as an input (see make_denoiser).
     """
 
     model: DiffusionModel
@@ -85,16 +103,31 @@ class Denoiser:
 
     @property
     def evaluations_per_call(self) -> int:
-        """Network evaluations per sample in one call (2 with guidance)."""
+        """Network evaluations per sample in one call (2 with classifier-free guidance)."""
         return 1 if self.uncond is None or self.guidance == 1.0 else 2
 
 
 def make_denoiser(model: DiffusionModel, prompt: str, guidance: float | None = None,
                   negative_prompt: str = "") -> Denoiser:
-    """Encode a prompt (and its negative) once and bind them to the model."""
+    """Encode a prompt once and bind it to the model with the model's kind of guidance.
+
+    "cfg": the negative prompt is encoded too, unless guidance is 1 or it equals the prompt
+    (then D_cond == D_uncond exactly). "distilled": the guidance scale goes into the
+    conditioning, one network call. "none": only guidance 1 (or None). A negative prompt is
+    refused where the model has no classifier-free guidance to use it in.
+    """
     guidance = model.default_guidance if guidance is None else guidance
+    kind = guidance_kind_of(model)
+    if kind != "cfg" and negative_prompt:
+        raise NoiseAlignError(f"{model.name} has no classifier-free guidance (its guidance is {kind!r}), so it takes "
+                              "no negative prompt; drop --negative-prompt")
+    if kind == "none" and guidance != 1.0:
+        raise NoiseAlignError(f"{model.name} takes no guidance (a timestep-distilled model without a guidance "
+                              f"embedding), got --guidance {guidance}; drop --guidance")
     cond = model.encode_prompt(prompt)
-    if guidance == 1.0 or prompt == negative_prompt:  # then D_cond == D_uncond exactly
+    if kind == "distilled":
+        return Denoiser(model, model.embed_guidance(cond, guidance))
+    if kind == "none" or guidance == 1.0 or prompt == negative_prompt:
         return Denoiser(model, cond)
     return Denoiser(model, cond, model.encode_prompt(negative_prompt), guidance)
 

@@ -1,7 +1,8 @@
 """What every diffusers family shares: the prompt encoded once, the VAE decode, the network boundary.
 
-A family (diffusers_vp: SD 1.x/2.x/SDXL/Turbo; diffusers_flow: SD3) adds the one thing that
-differs, how its network's output becomes the EDM denoiser D(x, sigma, cond), and its grids.
+A parameterization (diffusers_vp: SD 1.x/2.x/SDXL/Turbo; diffusers_flow: SD3, SD3.5, FLUX)
+adds the one thing that differs, how its network's output becomes the EDM denoiser
+D(x, sigma, cond), and its grids; a family's other facts are its spec (diffusers_families).
 The sampler's state stays in float32 (or whatever the caller integrates in); only the
 network's input is cast to the model's dtype and its output cast back (as EDM does).
 """
@@ -15,7 +16,7 @@ import torch
 from torch import Tensor
 
 from ..errors import NoiseAlignError
-from .base import Conditioning, broadcast_condition
+from .base import GUIDANCE_KINDS, Conditioning, broadcast_condition
 
 Network = Callable[[Tensor, Tensor, dict], Tensor]
 """network(x_in, timestep, cond) -> raw output (eps, v or flow velocity), one row per sample."""
@@ -32,20 +33,21 @@ class FamilyDefaults:
 class LatentDecoder:
     """Latents (the scaled state x0) to images in [0, 1], as the family's pipeline decodes them.
 
-    SD / SDXL: z = x0 / scaling_factor (or x0 * latents_std / scaling_factor + latents_mean
-    where the VAE config has them); SD3: z = x0 / scaling_factor + shift_factor. Then
-    image = (vae.decode(z) + 1) / 2 clamped to [0, 1]. Decoded `chunk` samples at a time to
-    bound memory; differentiable (the caller chooses no_grad or not). A float16 VAE whose
-    config asks for it (force_upcast) decodes in float32, as the SDXL pipeline does.
+    z = x0 / scaling_factor, plus shift_factor where the family shifts (SD3, FLUX: `shift`);
+    where it reads latent statistics (SDXL: `latents_stats`) and the VAE config has them,
+    z = x0 * latents_std / scaling_factor + latents_mean instead. Then image =
+    (vae.decode(z) + 1) / 2 clamped to [0, 1]. Decoded `chunk` samples at a time to bound
+    memory; differentiable (the caller chooses no_grad or not). A float16 VAE whose config
+    asks for it (force_upcast) decodes in float32, as the SDXL pipeline does.
     """
 
-    def __init__(self, vae, chunk: int = 4):
+    def __init__(self, vae, shift: bool = False, latents_stats: bool = False, chunk: int = 4):
         self.vae, self.chunk = vae, chunk
         config = vae.config
         self.scaling = config.scaling_factor
-        self.shift = getattr(config, "shift_factor", None) or 0.0
+        self.shift = (getattr(config, "shift_factor", None) or 0.0) if shift else 0.0
         mean, std = getattr(config, "latents_mean", None), getattr(config, "latents_std", None)
-        self.mean_std = None if mean is None or std is None else (
+        self.mean_std = None if not latents_stats or mean is None or std is None else (
             torch.tensor(mean).view(1, -1, 1, 1), torch.tensor(std).view(1, -1, 1, 1))
         if vae.dtype == torch.float16 and getattr(config, "force_upcast", False):
             vae.to(torch.float32)
@@ -73,28 +75,41 @@ class LatentDiffusionModel:
         decoder: clean latents -> images.
         sample_shape: (channels, height / f, width / f), f the VAE's downsampling factor.
         defaults: the plain sampler's steps and guidance.
-        few_step: a distilled few-step model (SD-Turbo, SDXL-Turbo): its D is already a
-            one-step generator, which Demon's `consistency` look-ahead uses.
+        few_step: a distilled few-step model (SD-Turbo, SDXL-Turbo, FLUX.1-schnell): its D is
+            already a one-step generator, which Demon's `consistency` look-ahead uses.
+        guidance_kind: how a guidance scale reaches the network (models/base.py): "cfg",
+            "distilled" (FLUX.1-dev's guidance embedding) or "none" (FLUX.1-schnell).
     """
 
     default_solver = "euler"  # one Euler step of the PF-ODE is DDIM(eta=0)
 
     def __init__(self, name: str, network: Network, encoder: Callable[[str], Conditioning],
-                 decoder: LatentDecoder, sample_shape: tuple[int, ...], defaults: FamilyDefaults,
-                 device: torch.device, dtype: torch.dtype, few_step: bool = False):
+                 decoder: Callable[[Tensor], Tensor], sample_shape: tuple[int, ...], defaults: FamilyDefaults,
+                 device: torch.device, dtype: torch.dtype, few_step: bool = False, guidance_kind: str = "cfg"):
         self.name, self.network, self.encoder, self.decoder = name, network, encoder, decoder
         self.sample_shape = sample_shape
         self.default_steps, self.default_guidance = defaults.steps, defaults.guidance
         self.device, self.dtype = device, dtype
         self.supports_consistency = few_step
+        check_choice("guidance kind", guidance_kind, GUIDANCE_KINDS, name)
+        self.guidance_kind = guidance_kind
 
     def encode_prompt(self, prompt: str) -> Conditioning:
-        """The pipeline's own text encoding of one prompt; "" is the unconditional prompt."""
+        """The pipeline's own text encoding of one prompt; "" is the unconditional prompt.
+        A guidance-distilled model's conditioning holds its default guidance scale."""
         with torch.no_grad():
-            return self.encoder(prompt)
+            cond = self.encoder(prompt)
+        return self.embed_guidance(cond, self.default_guidance) if self.guidance_kind == "distilled" else cond
 
     def decode(self, x0: Tensor) -> Tensor:
         return self.decoder(x0)
+
+    def embed_guidance(self, cond: Conditioning, guidance: float) -> Conditioning:
+        """The conditioning with the guidance scale a guidance-distilled network is told
+        (FLUX.1-dev's guidance embedding: one network call, no negative prompt)."""
+        if self.guidance_kind != "distilled":
+            raise NoiseAlignError(f"{self.name} has no guidance embedding (its guidance is {self.guidance_kind!r})")
+        return {**cond, "guidance": torch.tensor([guidance], dtype=torch.float32, device=self.device)}
 
     def consistency_estimate(self, x: Tensor, sigma: Tensor, cond: Conditioning) -> Tensor:
         """c_consistency(x, sigma): the distilled model's one-step clean sample.
@@ -104,7 +119,7 @@ class LatentDiffusionModel:
         suffices. Only few-step models have one (`supports_consistency`).
         """
         if not self.supports_consistency:
-            raise NoiseAlignError(f"{self.name} is not a few-step (Turbo) model, so it has no consistency "
+            raise NoiseAlignError(f"{self.name} is not a few-step (Turbo, schnell) model, so it has no consistency "
                                   "estimate; use the ode or tweedie look-ahead")
         return self.denoise(x, sigma, cond)
 

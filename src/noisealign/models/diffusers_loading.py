@@ -1,11 +1,9 @@
 """Find a diffusers pipeline (hub id or local folder), recognise its family, load it as a DiffusionModel.
 
-Detection reads only JSON: model_index.json's pipeline class gives the family
-(StableDiffusionPipeline: SD 1.x / 2.x, StableDiffusionXLPipeline: SDXL,
-StableDiffusion3Pipeline: SD3), scheduler/scheduler_config.json the prediction type
-(epsilon / v) and the noise schedule; "turbo" in the name marks a few-step distillation.
-A hub id is first resolved to its folder in the Hugging Face cache (HF_HOME), so hub ids
-and local folders go through one loading path.
+Detection reads only JSON: model_index.json's pipeline class and the network's config give
+the family's spec (diffusers_families.py), scheduler/scheduler_config.json the prediction
+type (epsilon / v) and the noise schedule. A hub id is first resolved to its folder in the
+Hugging Face cache (HF_HOME), so hub ids and local folders go through one loading path.
 """
 
 from __future__ import annotations
@@ -20,21 +18,8 @@ import torch
 
 from ..errors import NoiseAlignError
 from .diffusers_base import FamilyDefaults, LatentDecoder, check_choice
+from .diffusers_families import FamilySpec, families_of, is_few_step, matching_family
 
-FAMILIES = {
-    "StableDiffusionPipeline": "sd",
-    "StableDiffusionXLPipeline": "sdxl",
-    "StableDiffusion3Pipeline": "sd3",
-}
-DEFAULTS = {  # diffusers' pipeline defaults for each family
-    "sd": FamilyDefaults(steps=50, guidance=7.5),
-    "sdxl": FamilyDefaults(steps=50, guidance=5.0),
-    "sd3": FamilyDefaults(steps=28, guidance=7.0),
-    # Turbo: few steps without guidance (diffusers' guidance_scale=0.0 means no CFG, our 1.0).
-    "sd-turbo": FamilyDefaults(steps=1, guidance=1.0),
-    "sdxl-turbo": FamilyDefaults(steps=1, guidance=1.0),
-    "sd3-turbo": FamilyDefaults(steps=4, guidance=1.0),
-}
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 
@@ -44,8 +29,7 @@ class PipelineInfo:
     """What the JSON configs of a pipeline folder say about it."""
 
     folder: Path
-    family: str                # "sd", "sdxl" or "sd3"
-    pipeline_class: str
+    spec: FamilySpec
     scheduler_config: dict
     network_config: dict       # unet/ or transformer/config.json
     vae_config: dict
@@ -53,12 +37,17 @@ class PipelineInfo:
 
     @property
     def defaults(self) -> FamilyDefaults:
-        return DEFAULTS[self.family + ("-turbo" if self.few_step else "")]
+        return self.spec.defaults_for(self.few_step)
 
     @property
     def vae_factor(self) -> int:
         """Pixels per latent cell: the VAE halves the size in every block but the last."""
         return 2 ** (len(self.vae_config["block_out_channels"]) - 1)
+
+    @property
+    def token_side(self) -> int:
+        """Latent cells per network token side: the transformer's patch, times FLUX's packing."""
+        return self.network_config.get("patch_size", 1) * self.spec.packing
 
 
 def resolve_folder(name_or_path: str) -> Path:
@@ -103,22 +92,21 @@ def missing_weights(name: str, reason: str) -> NoiseAlignError:
         f"({reason}); pre-download it where HF_HOME points (hf download {name}) or pass a local folder")
 
 
-def inspect_pipeline(name_or_path: str) -> PipelineInfo:
-    """Read model_index.json and the scheduler config; raise a one-line error for what we cannot run."""
+def inspect_pipeline(name_or_path: str, few_step: bool | None = None) -> PipelineInfo:
+    """Read model_index.json and the network, scheduler and VAE configs; raise a one-line error
+    for what we cannot run. few_step: whether it is a few-step distillation (None: its spec's
+    word, or "turbo" in its name)."""
     folder = resolve_folder(name_or_path)
     index = _read_json(folder / "model_index.json", name_or_path)
-    pipeline_class = index.get("_class_name", "")
-    if pipeline_class not in FAMILIES:
-        known = ", ".join(FAMILIES)
-        raise NoiseAlignError(f"{name_or_path} is a {pipeline_class or 'unknown'} pipeline; noisealign runs {known}")
-    family = FAMILIES[pipeline_class]
-    network = "transformer" if family == "sd3" else "unet"
+    specs = families_of(index.get("_class_name", ""), name_or_path)
+    network_config = _read_json(folder / specs[0].network / "config.json", name_or_path)
+    spec = matching_family(specs, network_config)
     return PipelineInfo(
-        folder, family, pipeline_class,
+        folder, spec,
         scheduler_config=_read_json(folder / "scheduler" / "scheduler_config.json", name_or_path),
-        network_config=_read_json(folder / network / "config.json", name_or_path),
+        network_config=network_config,
         vae_config=_read_json(folder / "vae" / "config.json", name_or_path),
-        few_step="turbo" in Path(name_or_path).name.lower())
+        few_step=is_few_step(spec, name_or_path, few_step))
 
 
 def _read_json(path: Path, name: str) -> dict:
@@ -138,8 +126,8 @@ def _read_json(path: Path, name: str) -> dict:
 
 def load_diffusers_model(name_or_path: str, device: str = "cpu", dtype: str = "fp32",
                          height: int | None = None, width: int | None = None,
-                         scheduler: str | None = None):
-    """A Stable Diffusion family pipeline as a DiffusionModel.
+                         scheduler: str | None = None, few_step: bool | None = None):
+    """A diffusers pipeline of a supported family (diffusers_families.FAMILIES) as a DiffusionModel.
 
     Args:
         name_or_path: hub id (e.g. "stabilityai/sd-turbo") or a folder written by save_pretrained.
@@ -147,12 +135,16 @@ def load_diffusers_model(name_or_path: str, device: str = "cpu", dtype: str = "f
             the sampler's state stays float32.
         height, width: image size in pixels (default: the model's native size).
         scheduler: the diffusers scheduler whose grid and initial noise the plain sampler
-            reproduces: "ddim" or "euler" for SD / SDXL, "euler" (flow matching) for SD3,
-            "karras" for either. Default: "euler" if the checkpoint ships an Euler scheduler
-            (SDXL, Turbo) or is SD3, else "ddim".
+            reproduces: "ddim" or "euler" for VP families, "euler" (flow matching) for SD3,
+            SD3.5 and FLUX, "karras" for any. Default: "euler" if the checkpoint ships an
+            Euler scheduler (SDXL, Turbo) or is a flow model, else "ddim".
+        few_step: whether it is a few-step distillation (Turbo, schnell), which sets its
+            defaults and Demon's consistency look-ahead. None: FLUX.1-schnell's spec says so,
+            and "turbo" in the name marks SD / SDXL / SD3 Turbo models, whose configs are
+            their base models'.
     """
     check_choice("dtype", dtype, tuple(DTYPES), name_or_path)
-    info = inspect_pipeline(name_or_path)  # options are checked before the (slow) weight loading
+    info = inspect_pipeline(name_or_path, few_step)  # options are checked before the (slow) weight loading
     try:
         return _load(info, name_or_path, device, dtype, height, width, scheduler)
     except torch.OutOfMemoryError:
@@ -165,21 +157,29 @@ def load_diffusers_model(name_or_path: str, device: str = "cpu", dtype: str = "f
 
 def _load(info: PipelineInfo, name_or_path: str, device: str, dtype: str, height: int | None, width: int | None,
           scheduler: str | None):
-    from .diffusers_flow import FLOW_SCHEDULERS
-    from .diffusers_vp import VP_SCHEDULERS
+    from .diffusers_flow import FLOW_SCHEDULERS, FlowDiffusersModel
+    from .diffusers_vp import VP_SCHEDULERS, VPDiffusersModel
 
-    flow = info.family == "sd3"
-    scheduler = scheduler or ("euler" if flow else _native_vp_scheduler(info))
-    check_choice("scheduler", scheduler, FLOW_SCHEDULERS if flow else VP_SCHEDULERS, name_or_path)
+    spec = info.spec
+    scheduler = scheduler or ("euler" if spec.flow else _native_vp_scheduler(info))
+    check_choice("scheduler", scheduler, FLOW_SCHEDULERS if spec.flow else VP_SCHEDULERS, name_or_path)
     if info.network_config.get("time_cond_proj_dim") is not None:
         raise NoiseAlignError(f"{name_or_path} is a guidance-embedded (LCM) UNet, which noisealign does not run "
                               "yet; use a Turbo model for few-step sampling")
-    patch = info.network_config.get("patch_size", 1) if flow else 1
-    shape = _latent_shape(info, height, width, info.vae_factor * patch if flow else 8, name_or_path)
+    shape = _latent_shape(info, height, width, name_or_path)
     pipe = _load_pipeline(info, name_or_path, DTYPES[dtype], device)
-    if flow:
-        return _flow_model(pipe, info, name_or_path, shape, scheduler, tokens=(shape[1] // patch) * (shape[2] // patch))
-    return _vp_model(pipe, info, name_or_path, shape, scheduler)
+    network = getattr(pipe, spec.network)
+    height, width = shape[1] * info.vae_factor, shape[2] * info.vae_factor
+    common = dict(name=name_or_path, network=spec.network_call(network), encoder=spec.encoder(pipe, height, width),
+                  decoder=LatentDecoder(pipe.vae, shift=spec.vae_shift, latents_stats=spec.vae_latents_stats),
+                  sample_shape=shape, defaults=info.defaults, device=network.device, dtype=network.dtype,
+                  few_step=info.few_step, guidance_kind=spec.guidance, scheduler_config=info.scheduler_config,
+                  scheduler=scheduler)
+    if spec.flow:
+        tokens = (shape[1] // info.token_side) * (shape[2] // info.token_side)
+        return FlowDiffusersModel(**common, image_tokens=tokens, timestep_scale=spec.timestep_scale,
+                                  linspace_times=spec.linspace_times)
+    return VPDiffusersModel(**common)
 
 
 def _native_vp_scheduler(info: PipelineInfo) -> str:
@@ -189,15 +189,20 @@ def _native_vp_scheduler(info: PipelineInfo) -> str:
 def _load_pipeline(info: PipelineInfo, name: str, torch_dtype: torch.dtype, device: str):
     """The pipeline's components on `device`, frozen (no parameter gradients: DNO only needs the noise's)."""
     diffusers = diffusers_module()
-    extra = {"safety_checker": None, "requires_safety_checker": False} if info.family == "sd" else {}
+    spec = info.spec
+    extra = {"safety_checker": None, "requires_safety_checker": False} if spec.safety_checker else {}
     try:
         with warnings.catch_warnings():  # newer diffusers rename torch_dtype to dtype; older lack dtype
             warnings.simplefilter("ignore", FutureWarning)
-            pipe = getattr(diffusers, info.pipeline_class).from_pretrained(info.folder, torch_dtype=torch_dtype,
+            pipe = getattr(diffusers, spec.pipeline_class).from_pretrained(info.folder, torch_dtype=torch_dtype,
                                                                            **extra)
     except (OSError, ValueError) as error:
         message = f"cannot load the pipeline {name!r} from {info.folder}: {error}".splitlines()[0]
         raise NoiseAlignError(message) from error
+    missing = [component for component in spec.text_encoders if getattr(pipe, component, None) is None]
+    if missing:
+        raise NoiseAlignError(f"{name} is a {spec.name} pipeline without its {', '.join(missing)}, which its prompt "
+                              "encoding needs; re-download or re-save the full pipeline")
     try:
         pipe.to(device)
     except (RuntimeError, AssertionError) as error:
@@ -206,39 +211,19 @@ def _load_pipeline(info: PipelineInfo, name: str, torch_dtype: torch.dtype, devi
         if isinstance(component, torch.nn.Module):
             component.requires_grad_(False).eval()
     # from_pretrained leaves some networks (diffusers 0.42: SD3's transformer) in the file's dtype.
-    network = pipe.transformer if info.family == "sd3" else pipe.unet
+    network = getattr(pipe, spec.network)
     if network.dtype != torch_dtype:
         network.to(torch_dtype)
     return pipe
 
 
-def _latent_shape(info: PipelineInfo, height: int | None, width: int | None, multiple: int,
-                  name: str) -> tuple[int, int, int]:
-    """(channels, height / f, width / f) of the latent; the size defaults to the network's native one."""
-    factor, config = info.vae_factor, info.network_config
-    height = height or config["sample_size"] * factor
-    width = width or config["sample_size"] * factor
+def _latent_shape(info: PipelineInfo, height: int | None, width: int | None, name: str) -> tuple[int, int, int]:
+    """(channels, height / f, width / f) of the (unpacked) latent; the size defaults to the network's
+    native one. UNets need sides divisible by 8 pixels, transformers by whole tokens."""
+    factor, config, spec = info.vae_factor, info.network_config, info.spec
+    side = config.get("sample_size", spec.default_size)
+    height, width = height or side * factor, width or side * factor
+    multiple = 8 if spec.network == "unet" else factor * info.token_side
     if height % multiple or width % multiple:
         raise NoiseAlignError(f"{name} needs --height and --width divisible by {multiple}, got {height}x{width}")
-    return config["in_channels"], height // factor, width // factor
-
-
-def _vp_model(pipe, info: PipelineInfo, name: str, shape: tuple[int, ...], scheduler: str):
-    from .diffusers_text import sd_encoder, sdxl_encoder
-    from .diffusers_vp import VPDiffusersModel, unet_network
-
-    height, width = shape[1] * info.vae_factor, shape[2] * info.vae_factor
-    encoder = sdxl_encoder(pipe, height, width) if info.family == "sdxl" else sd_encoder(pipe)
-    return VPDiffusersModel(name, unet_network(pipe.unet), encoder, LatentDecoder(pipe.vae), shape,
-                            info.defaults, pipe.unet.device, pipe.unet.dtype, few_step=info.few_step,
-                            scheduler_config=info.scheduler_config, scheduler=scheduler)
-
-
-def _flow_model(pipe, info: PipelineInfo, name: str, shape: tuple[int, ...], scheduler: str, tokens: int):
-    from .diffusers_flow import FlowDiffusersModel, sd3_network
-    from .diffusers_text import sd3_encoder
-
-    return FlowDiffusersModel(name, sd3_network(pipe.transformer), sd3_encoder(pipe), LatentDecoder(pipe.vae),
-                              shape, info.defaults, pipe.transformer.device, pipe.transformer.dtype,
-                              few_step=info.few_step, scheduler_config=info.scheduler_config,
-                              scheduler=scheduler, image_tokens=tokens)
+    return config["in_channels"] // spec.packing ** 2, height // factor, width // factor

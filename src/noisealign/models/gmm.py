@@ -4,6 +4,9 @@ p(x0) = sum_k w_k N(x0; mu_k, s_k^2 I). Adding noise of std sigma gives
 p(x; sigma) = sum_k w_k N(x; mu_k, (s_k^2 + sigma^2) I), and Tweedie's formula gives
 D(x, sigma) = E[x0 | x] = sum_k gamma_k(x) (mu_k + s_k^2 / (s_k^2 + sigma^2) (x - mu_k)),
 gamma_k the posterior responsibilities. The ground truth for engine and method tests.
+
+Tilted by a linear reward r(x) = a . x, p(x) exp(lam r(x)) / Z is again such a mixture
+(`tilted`): the exact target that FK steering's particles must reproduce.
 """
 
 from __future__ import annotations
@@ -74,6 +77,16 @@ class GaussianMixture:
 
     def prior_std(self, sigma: float) -> float:
         return sigma
+
+    def tilted(self, a: Tensor, lam: float) -> "GaussianMixture":
+        """The mixture p(x) exp(lam a . x) / Z, exactly: N(x; mu, s^2 I) exp(lam a . x) equals
+        N(x; mu + lam s^2 a, s^2 I) exp(lam a . mu + lam^2 s^2 |a|^2 / 2), so component k moves to
+        mu_k + lam s_k^2 a and its weight becomes proportional to w_k exp(lam a . mu_k + lam^2 s_k^2 |a|^2 / 2)."""
+        a = a.to(torch.float64).reshape(-1)
+        variances = self.stds ** 2
+        log_weights = self.weights.log() + lam * self.means @ a + 0.5 * lam ** 2 * variances * (a @ a)
+        return GaussianMixture(self.means + lam * variances[:, None] * a, self.stds, torch.softmax(log_weights, 0),
+                               name=f"{self.name} tilted by {lam:g} a.x")
 
     def sample_exact(self, n: int, generator: torch.Generator) -> Tensor:
         """Exact draws from the mixture (float64), for comparing samplers against the truth."""

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from ..errors import NoiseAlignError
 from .base import follow  # noqa: F401  (re-exported for the CLIP-based rewards)
-from .hub import pretrained
+from .hub import check_cached_when_offline, pretrained
 
 # OpenAI CLIP's normalization, also used by open_clip ViT-H-14, PickScore, HPSv2 and BLIP/ImageReward.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -104,6 +104,9 @@ def clip_encoder(reward: str, model_source: str | Path, tokenizer_source: str | 
     ids; loaded once per process."""
     key = (str(model_source), str(tokenizer_source))
     if key not in _ENCODERS:
+        for source in (model_source, tokenizer_source):
+            if source is not None:
+                check_cached_when_offline(reward, source)
         from transformers import AutoTokenizer, CLIPModel
 
         model = pretrained(reward, CLIPModel, model_source)

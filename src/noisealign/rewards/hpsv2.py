@@ -125,9 +125,9 @@ _ENCODERS: dict[str, ClipEncoder] = {}
 
 def hpsv2(argument: str | None) -> CosineReward:
     """The `hpsv2` reward: differentiable, one prompt per image."""
+    file = _checkpoint(argument)                 # a missing checkpoint fails before transformers loads
     from transformers import AutoTokenizer
 
-    file = _checkpoint(argument)
     if str(file) not in _ENCODERS:
         if not file.is_file():
             raise NoiseAlignError(f"reward 'hpsv2': no checkpoint {file}; "

@@ -3,7 +3,8 @@
 Every hub access goes through here so that a missing checkpoint always ends in one
 NoiseAlignError line naming the repository, the file and the two ways to supply it.
 
-What the cache holds is read without the network (local_files_only). What it lacks is
+What the cache holds is read without the network (local_files_only, with huggingface_hub
+offline for the lookup so that it sends no requests of its own either). What it lacks is
 downloaded only when downloads are allowed and one quick request shows that the hub answers;
 otherwise the error comes at once, not after huggingface_hub's half minute of retries and
 warnings. Downloads are forbidden by NOISEALIGN_OFFLINE, HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE
@@ -15,8 +16,9 @@ from __future__ import annotations
 
 import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Sequence, TypeVar
+from typing import Any, Callable, Iterator, Sequence, TypeVar
 
 from ..errors import NoiseAlignError
 
@@ -76,16 +78,30 @@ def _hub_unreachable() -> str | None:
     return None
 
 
+@contextmanager
+def _hub_library_offline() -> Iterator[None]:
+    """huggingface_hub in offline mode for the duration of a cache lookup: even with
+    local_files_only it sends a request of its own (the "agent harnesses" list) unless its
+    HF_HUB_OFFLINE flag, read once at import, is set. Lookups run one at a time (model and
+    rewards load in sequence), so flipping the flag for one is safe."""
+    from huggingface_hub import constants
+
+    saved, constants.HF_HUB_OFFLINE = constants.HF_HUB_OFFLINE, True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = saved
+
+
 def _cache_or_hub(reward: str, repo_id: str, filename: str | None, load: Callable[[bool], T]) -> T:
     """load(local_files_only=True); when the cache lacks it, load(False) (a download) if downloads
     are allowed and the hub answers, else the one-line error at once."""
     from huggingface_hub.errors import EntryNotFoundError
 
     missing = (OSError, EntryNotFoundError)  # hub HTTP errors and transformers' "not found" are OSErrors
-    if offline():
-        forbid_downloads()  # huggingface_hub may not know yet: it would still send small requests of its own
     try:
-        return load(True)
+        with _hub_library_offline():
+            return load(True)
     except missing:
         pass
     if offline():
@@ -106,6 +122,15 @@ def hub_file(reward: str, repo_id: str, filename: str) -> Path:
 
     return _cache_or_hub(reward, repo_id, filename, lambda local_only: Path(
         hf_hub_download(repo_id, filename, cache_dir=cache_dir(), local_files_only=local_only)))
+
+
+def check_cached_when_offline(reward: str, source: str | Path) -> None:
+    """With downloads forbidden, refuse a hub id absent from the cache before any heavy import
+    (transformers takes seconds to import; the answer is known from the cache folder alone)."""
+    if offline() and not Path(source).is_dir():
+        if not (cache_dir() / f"models--{str(source).replace('/', '--')}").is_dir():
+            raise _missing(reward, str(source), None, "and downloads are forbidden (NOISEALIGN_OFFLINE, "
+                                                      "HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE)")
 
 
 def pretrained(reward: str, loader: Any, source: str | Path, **kwargs: Any) -> Any:

@@ -139,9 +139,9 @@ class ImageReward:
 
     @classmethod
     def from_argument(cls, argument: str | None) -> "ImageReward":
+        checkpoint, med, tokenizer = _files(argument)   # a missing checkpoint fails before transformers loads
         from transformers import AutoTokenizer
 
-        checkpoint, med, tokenizer = _files(argument)
         if str(checkpoint) not in _MODELS:
             if not checkpoint.is_file():
                 raise NoiseAlignError(f"reward 'imagereward': no checkpoint {checkpoint}; "

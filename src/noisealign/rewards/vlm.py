@@ -23,8 +23,8 @@ across calls, which only score supports.
 
 A batch larger than `max_images_per_request` is split into balanced groups: pick runs a
 knock-out tournament (group winners meet in the next round), rank ranks each group on its
-own (rewards then relative to the group). The requests of one round run in a thread pool of
-`max_concurrency`; every HTTP attempt first waits for the rate limiter.
+own (rewards then relative to the group). The requests of one round run in up to
+`max_concurrency` threads; every HTTP attempt first waits for the rate limiter.
 
 Failures: timeouts, dropped connections, HTTP 408/429/5xx and replies without a valid answer
 (malformed or too deeply nested JSON included) are retried with exponential backoff

@@ -1,0 +1,72 @@
+"""Where cells run. The local executor: one worker in this process, cell after cell.
+
+An executor is built with the spec (its workers load the model and rewards and check the
+sweep, raising NoiseAlignError before the driver writes anything), then `run(cells, retries)`
+yields (cell, result, attempts) as cells finish: a failed cell is run again up to `retries`
+times before it is handed over as failed. `close()` releases the workers. The Ray executor
+(ray_executor.py) does the same on a Ray cluster.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Iterator, Protocol
+
+from ..align import COMPLETE
+from ..errors import NoiseAlignError
+from ..stopping import stop_point
+from .cells import Cell
+from .spec import SweepSpec
+from .worker import CellResult, Worker
+
+EXECUTORS = ("local", "ray")
+
+
+class Executor(Protocol):
+    workers: int
+
+    def run(self, cells: Iterable[Cell], retries: int) -> Iterator[tuple[Cell, CellResult, int]]: ...
+
+    def close(self) -> None: ...
+
+
+def should_retry(result: CellResult, attempt: int, retries: int) -> bool:
+    """A failed cell runs again while it has attempts left (1 + retries in all)."""
+    return result.status != COMPLETE and attempt <= retries
+
+
+class LocalExecutor:
+    """One worker in this process: the model loaded once, cells one after another."""
+
+    workers = 1
+
+    def __init__(self, spec: SweepSpec, threads: int):
+        self.worker = Worker(spec, threads)
+
+    def run(self, cells: Iterable[Cell], retries: int) -> Iterator[tuple[Cell, CellResult, int]]:
+        for cell in cells:
+            attempt = 1
+            while True:
+                stop_point()   # a stop asked for between cells ends the sweep here
+                result = self.worker.run(cell)
+                if not should_retry(result, attempt, retries):
+                    yield cell, result, attempt
+                    break
+                attempt += 1
+
+    def close(self) -> None:
+        pass
+
+
+def make_executor(name: str, spec: SweepSpec, threads: int, workers: int | None,
+                  address: str | None) -> Executor:
+    """The executor `name` with its workers started and the sweep checked on them."""
+    if name == "local":
+        if workers not in (None, 1):
+            raise NoiseAlignError(f"the local executor runs one worker, got --workers {workers}; "
+                                  "use --executor ray for more")
+        if address:
+            raise NoiseAlignError("--ray-address applies to --executor ray only; drop it or add --executor ray")
+        return LocalExecutor(spec, threads)
+    from .ray_executor import RayExecutor
+
+    return RayExecutor(spec, threads, workers, address)

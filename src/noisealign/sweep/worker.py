@@ -1,0 +1,116 @@
+"""A sweep's worker: the model and every reward loaded once, then one `generate` run per cell.
+
+Each cell runs through the run contract (`generate.prepare` / `generate.execute`) into a
+scratch folder of the worker's own; the worker hands back the folder's files and result.json's
+content with the held-out rewards, scored outside the budget on the cell's final output and on
+its baseline. Only the driver writes into the sweep folder, so a worker on another machine
+needs no shared disk. A cell that fails becomes a failed CellResult, never an exception: the
+sweep goes on. A stop (Ctrl-C, SIGTERM) is not caught: it ends the sweep.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..align import COMPLETE, FAILED, RunFailed, evaluate
+from ..errors import NoiseAlignError
+from ..generate import PreparedRun, RunRequest, execute, prepare
+from ..methods.base import Problem
+from ..models.registry import load_model
+from ..rewards.hub import first_line
+from ..rewards.registry import parse_reward
+from .cells import Cell
+from .spec import SweepSpec
+
+
+@dataclass
+class CellResult:
+    """One cell as a worker saw it: status, result.json's content (None if the run never started),
+    the held-out rewards of its output and of its baseline, the error, the run folder's files."""
+
+    status: str
+    record: dict[str, Any] | None
+    evaluation: dict[str, float] | None
+    baseline_evaluation: dict[str, float] | None
+    error: str | None
+    files: dict[str, bytes]
+
+    @classmethod
+    def lost(cls, error: str) -> "CellResult":
+        """A cell whose worker died or could not answer: nothing but the error."""
+        return cls(FAILED, None, None, None, error, {})
+
+
+class Worker:
+    """Holds the loaded model and rewards; runs cells one at a time."""
+
+    def __init__(self, spec: SweepSpec, threads: int):
+        torch.set_num_threads(threads)
+        self.spec = spec
+        self.model = load_model(spec.model, **spec.model_options)
+        self.rewards = {reward: parse_reward(reward) for reward in spec.reward_specs}
+        self._check()
+
+    def _check(self) -> None:
+        """Refuse, before any cell runs, what no cell could run: a prompt the model cannot take, a
+        method that cannot run at one of its budgets or on one of the optimized rewards."""
+        for prompt in self.spec.prompts:
+            self.model.encode_prompt(prompt)
+        for method in self.spec.methods:
+            for budget in method.budgets:
+                for r, reward in enumerate(self.spec.optimize):
+                    self._prepare(Cell(method.label, method.method, budget, reward, r, self.spec.prompts[0], 0,
+                                       self.spec.seeds[0]), out=None)
+
+    def _prepare(self, cell: Cell, out: Path | None) -> PreparedRun:
+        spec = self.spec
+        request = RunRequest(model=spec.model, method=cell.method, method_config=spec.method(cell.label).config,
+                             reward=cell.optimize, prompt=cell.prompt, negative_prompt=spec.negative_prompt,
+                             guidance=spec.guidance, budget=cell.budget, seed=cell.seed,
+                             out=None if out is None else str(out), model_options=spec.model_options)
+        return prepare(request, reward=self.rewards[cell.optimize], model=self.model)
+
+    def run(self, cell: Cell) -> CellResult:
+        """Run one cell into a scratch folder and hand back what it wrote."""
+        scratch = Path(tempfile.mkdtemp(prefix="noisealign-cell-"))
+        folder = scratch / cell.id
+        record = evaluation = baseline_evaluation = None
+        try:
+            try:
+                report = execute(self._prepare(cell, folder))
+                record, seed = report.record, report.seeds[0]
+                evaluation = self._held_out(cell, seed.aligned.result.output)
+                baseline_evaluation = self._held_out(cell, seed.baseline.result.output)
+                status, error = COMPLETE, None
+            except RunFailed as failure:
+                record = failure.report.record if failure.report is not None else None
+                status, error = FAILED, str(failure)
+            except NoiseAlignError as failure:   # a held-out reward that failed, or a cell that cannot run
+                status, error = FAILED, str(failure)
+            except Exception as failure:  # a bug or an exhausted device: this cell fails, the sweep goes on
+                status, error = FAILED, f"{type(failure).__name__}: {first_line(failure)}"
+            if status == FAILED:
+                evaluation = baseline_evaluation = None
+            return CellResult(status, record, evaluation, baseline_evaluation, error, _files(folder))
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+    def _held_out(self, cell: Cell, output: Tensor) -> dict[str, float]:
+        """Every evaluation reward of `output`, scored outside the budget."""
+        return {reward: float(evaluate(Problem(self.model, self.rewards[reward], cell.prompt), output)[0])
+                for reward in self.spec.evaluate}
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    """The run folder's files by relative path (none if it was never created)."""
+    if not folder.is_dir():
+        return {}
+    return {str(path.relative_to(folder)): path.read_bytes() for path in sorted(folder.rglob("*"))
+            if path.is_file() and not path.name.startswith(".")}
