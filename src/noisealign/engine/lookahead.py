@@ -1,4 +1,4 @@
-"""Clean-state estimates c(x, sigma) that Demon scores candidates with (algorithms.md, section 2)."""
+"""Clean-state estimates c(x, sigma) that Demon scores candidates with (Yeh et al., ICLR 2025; docs/demon.md)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Sampling demons: choose each injected noise of a beta-SDE from K scored candidates.
 
 Yeh, Lee, Chen, "Training-Free Diffusion Model Alignment with Sampling Demons" (ICLR 2025),
-algorithms.md section 2. At a step sigma -> sigma_next, K noises z_k give K candidates
+docs/demon.md. At a step sigma -> sigma_next, K noises z_k give K candidates
 x_k = step(x, z_k); each is scored through a clean estimate, r_k = r(decode(c(x_k, sigma_next))),
 and the step is taken with z* = sqrt(N) normalize(sum_k b_k z_k), b the demon's weights.
 No gradient is ever taken, so any reward works (a classifier, JPEG size, a person's clicks).

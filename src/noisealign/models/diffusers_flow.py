@@ -2,7 +2,7 @@
 
 Flow matching interpolates x_t = (1 - t) x0 + t eps and the transformer predicts the
 velocity v = eps - x0 at timestep t (in its family's units: 1000 t for SD3, t for FLUX).
-In EDM terms (algorithms.md, section 1): sigma = t / (1 - t), x = x_t / (1 - t) = x0 + sigma eps,
+In EDM terms (Karras et al. 2022): sigma = t / (1 - t), x = x_t / (1 - t) = x0 + sigma eps,
 and x0 = x_t - t v, so
     D(x, sigma) = x_t - t v(x_t, t),   x_t = x / (1 + sigma),   t = sigma / (1 + sigma).
 An Euler step in sigma is then exactly the flow's Euler step x_t' = x_t + (t' - t) v.

@@ -1,7 +1,7 @@
 """Stable Diffusion 1.x / 2.x / SDXL (and their Turbo distillations) as EDM denoisers.
 
 A DDPM (variance-preserving) latent x_vp at timestep t has x_vp = sqrt(abar_t) x0 +
-sqrt(1 - abar_t) eps. In EDM terms (algorithms.md, section 1; Karras et al. 2022, table 1):
+sqrt(1 - abar_t) eps. In EDM terms (Karras et al. 2022, table 1):
 sigma = sqrt((1 - abar) / abar) and x = x_vp sqrt(1 + sigma^2) = x0 + sigma eps. The UNet
 sees x / sqrt(1 + sigma^2) at the timestep of sigma and predicts
     eps:       D = x - sigma eps_pred

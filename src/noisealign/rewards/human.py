@@ -3,7 +3,7 @@
 Yeh, Lee, Chen, "Training-Free Diffusion Model Alignment with Sampling Demons" (ICLR 2025):
 a non-differentiable reward may be a human picking, at each Demon step, the look-ahead
 images they prefer; the chosen ones score +1 and the rest -1, and the demon weighs the
-step's noises by those scores (algorithms.md section 2). Feed `HumanChoice.rewards(...)` to
+step's noises by those scores (Yeh et al., ICLR 2025; docs/demon.md). Feed `HumanChoice.rewards(...)` to
 `DemonSession.choose`; `noisealign ui` (noisealign.ui) is that loop in a web page.
 """
 

@@ -1,6 +1,6 @@
 """One person's Demon run, step by step, kept on disk after every action.
 
-The person is Demon's reward (algorithms.md section 2, "a person clicking the images they
+The person is Demon's reward (Yeh et al., ICLR 2025, section 4; docs/demon.md, "a person clicking the images they
 prefer"): at each stochastic step they see the K candidates' decoded look-aheads, choose the
 ones they prefer, and `HumanChoice.rewards` turns that into +1 / -1 for
 `DemonSession.choose`. Everything else is Demon as `Demon.run` does it.
