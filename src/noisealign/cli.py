@@ -124,6 +124,9 @@ def _add_model_arguments(group: argparse._ArgumentGroup) -> None:
     group.add_argument("--scheduler", choices=["ddim", "euler", "karras"], default=None,
                        help="diffusers models: the plain sampler's sigma grid, as diffusers' DDIM or Euler "
                             "scheduler would space it, or Karras (default: the checkpoint's own)")
+    group.add_argument("--few-step", action=argparse.BooleanOptionalAction, default=None,
+                       help="diffusers models: whether it is a few-step distillation (Turbo, FLUX.1-schnell), which "
+                            "sets its default steps and guidance (default: read from its configs)")
 
 
 def _add_vlm_arguments(group: argparse._ArgumentGroup) -> None:
@@ -210,9 +213,10 @@ def _set_threads(threads: int) -> None:
 def _generate(args: argparse.Namespace) -> int:
     from .align import RunFailed, RunInterrupted
     from .generate import RunRequest, execute, prepare
+    from .models.registry import LOADING_OPTIONS
     from .stopping import stop_on_signals
 
-    options = {k: getattr(args, k) for k in ("device", "dtype", "height", "width", "scheduler")}
+    options = {k: getattr(args, k) for k in LOADING_OPTIONS}
     request = RunRequest(model=args.model, method=args.method, method_config=args.method_config, reward=args.reward,
                          prompt=args.prompt, negative_prompt=args.negative_prompt, guidance=args.guidance,
                          budget=args.budget, seed=args.seed, grid=args.grid, out=args.out, model_options=options)

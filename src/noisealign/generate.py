@@ -23,6 +23,7 @@ from .errors import NoiseAlignError
 from .methods.base import Method, Observer, Problem, StepEvent
 from .methods.registry import METHODS
 from .models.base import DiffusionModel
+from .models.base import check_guidance
 from .models.registry import GUIDED, check_model, check_model_options, load_model
 from .options import is_finite
 from .rewards.base import Reward
@@ -117,6 +118,7 @@ def prepare(request: RunRequest, reward_registry: dict | None = None, reward: Re
     check_model(request.model)                        # cheap: before the reward's weights load
     reward = reward if reward is not None else parse_reward(request.reward_spec, reward_registry)
     model = model if model is not None else load_model(request.model, **request.model_options)
+    check_guidance(model, request.guidance, request.negative_prompt)
     model.encode_prompt(request.prompt)               # a prompt the model cannot take fails here
     if request.negative_prompt:
         model.encode_prompt(request.negative_prompt)

@@ -15,7 +15,7 @@ import torch
 from ..errors import NoiseAlignError
 from .base import DiffusionModel
 
-LOADING_OPTIONS = ("device", "dtype", "height", "width", "scheduler")
+LOADING_OPTIONS = ("device", "dtype", "height", "width", "scheduler", "few_step")
 """Every model loading option; None means not given (the model's default)."""
 
 
@@ -57,8 +57,8 @@ def check_model_options(name: str, **options: Any) -> dict[str, Any]:
     given = {key: value for key, value in options.items() if value is not None}
     for key in given:
         if key not in options_taken(name):
-            takes = ", ".join(f"--{o}" for o in options_taken(name)) or "no loading option"
-            raise NoiseAlignError(f"--{key} does not apply to the {name} model (it takes {takes}); drop it")
+            takes = ", ".join(f"--{o.replace('_', '-')}" for o in options_taken(name)) or "no loading option"
+            raise NoiseAlignError(f"--{key.replace('_', '-')} does not apply to the {name} model (it takes {takes}); drop it")
     if "device" in given:
         check_device(given["device"])
     return given
