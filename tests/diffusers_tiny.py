@@ -1,15 +1,17 @@
 """Tiny random-weight diffusers pipelines for tests: SD 1.x/2.x, SDXL, SD3, SD3.5 and FLUX in miniature.
 
 Every component is built from a config with a fixed torch seed (no download), so a test can
-save a pipeline to a temp folder and load it back through the same code path as a hub id.
-Latents are 4 x 8 x 8 and images 16 x 16 (a VAE with one downsampling); FLUX packs the
-latent into 4 x 4 tokens of 16 channels.
+save a pipeline to a temp folder (`saved`) and load it back (`load`) through the same code
+path as a hub id. Latents are 4 x 8 x 8 and images 16 x 16 (a VAE with one downsampling);
+FLUX packs the latent into 4 x 4 tokens of 16 channels. Test modules import the `one_thread`
+fixture too.
 """
 
 from __future__ import annotations
 
 import string
 
+import pytest
 import torch
 
 SIZE = 16          # image side in pixels
@@ -19,6 +21,30 @@ TEXT_LENGTH = 16   # CLIP token positions (77 in the real models)
 SD_SCHEDULE = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
                    beta_schedule="scaled_linear", steps_offset=1, clip_sample=False,
                    set_alpha_to_one=False)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny networks run ~100x slower with two OpenMP threads on a shared, busy 2-core machine;
+    a test module that imports this fixture runs on one."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def saved(pipe, tmp_path_factory, name: str) -> str:
+    """The pipeline saved to a fresh temp folder, as save_pretrained writes a hub snapshot."""
+    folder = tmp_path_factory.mktemp(name)
+    pipe.save_pretrained(folder)
+    return str(folder)
+
+
+def load(folder: str, **options):
+    """A saved tiny pipeline loaded at the tiny image size (FLUX's native size is 1024 px)."""
+    from noisealign.models.diffusers_loading import load_diffusers_model
+
+    return load_diffusers_model(folder, height=SIZE, width=SIZE, **options)
 
 
 def clip_tokenizer():

@@ -18,6 +18,7 @@ pytest.importorskip("diffusers")
 pytest.importorskip("transformers")
 
 import diffusers_tiny as tiny  # noqa: E402
+from diffusers_tiny import load, one_thread, saved  # noqa: E402, F401 (one_thread: an autouse fixture)
 from noisealign.budget import Ledger  # noqa: E402
 from noisealign.engine import karras_sigmas, sample_ancestral, sample_ode  # noqa: E402
 from noisealign.errors import NoiseAlignError  # noqa: E402
@@ -31,15 +32,6 @@ from noisealign.rewards.registry import parse_reward  # noqa: E402
 TOLERANCE = 2 / 255
 PROMPT = "a cat"
 SEED = 3
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny networks run ~100x slower with two OpenMP threads on a shared, busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -65,17 +57,6 @@ def with_scheduler(pipe, scheduler_class: str, **overrides):
     copy = type(pipe)(**{**pipe.components, "scheduler": scheduler})
     copy.set_progress_bar_config(disable=True)
     return copy
-
-
-def saved(pipe, tmp_path_factory, name: str) -> str:
-    folder = tmp_path_factory.mktemp(name)
-    pipe.save_pretrained(folder)
-    return str(folder)
-
-
-def load(folder: str, **options):
-    """The saved tiny pipeline at the tiny image size (FLUX's native size is 1024 px)."""
-    return load_diffusers_model(folder, height=tiny.SIZE, width=tiny.SIZE, **options)
 
 
 def guidance_for(model, guidance: float) -> float:
@@ -277,13 +258,19 @@ look-ahead on one VP and two flow families."""
 
 @pytest.mark.parametrize("family", LOOKAHEADS)
 def test_every_method_runs_on_every_family(family, pipelines, tmp_path_factory):
-    """plain (the stochastic sampler, eta 1), best-of-n, Demon (its beta-SDE) and DNO (DDIM
-    eta 1) through the VAE, within budget; each regenerates its image exactly, plain by
-    running again, the others from their saved noises."""
+    """plain (the stochastic sampler, eta 1), best-of-n, Demon (its beta-SDE), DNO (DDIM eta 1),
+    FK, SVDD, beam, zo-search and path-search through the VAE, within budget; each regenerates
+    its image exactly, plain by running again, the others from their saved noises."""
     from noisealign.align import align
     from noisealign.methods.best_of_n import BestOfN, BestOfNConfig
     from noisealign.methods.demon import Demon, DemonConfig
+    from noisealign.methods.beam import Beam, BeamConfig
+    from noisealign.methods.candidates import ValueConfig
     from noisealign.methods.dno import Dno, DnoConfig
+    from noisealign.methods.fk import FeynmanKac, FkConfig
+    from noisealign.methods.path_search import PathSearch, PathSearchConfig
+    from noisealign.methods.svdd import Svdd, SvddConfig
+    from noisealign.methods.zo_search import ZoSearch, ZoSearchConfig
 
     model = load(saved(pipelines[family], tmp_path_factory, family + "-methods"))
     few_step = family in ("sdxl-turbo", "flux-schnell")
@@ -295,6 +282,12 @@ def test_every_method_runs_on_every_family(family, pipelines, tmp_path_factory):
     methods = [(Plain(PlainConfig(steps=3, eta=1.0)), 0),
                (BestOfN(BestOfNConfig(batch_size=1, sampler=PlainConfig(steps=3))), 2), (Demon(demon), 4),
                (Dno(DnoConfig(mode="grad", steps=2, iterations=1)), 2)]
+    value = ValueConfig(lookahead=LOOKAHEADS[family], lookahead_steps=2)   # FK, SVDD, beam, path-search
+    methods += [(FeynmanKac(FkConfig(particles=2, steps=3, value=value)), 4),
+                (Svdd(SvddConfig(candidates=2, steps=3, value=value)), 4),
+                (Beam(BeamConfig(beams=2, candidates=2, steps=2, value=value)), 4),
+                (ZoSearch(ZoSearchConfig(neighbours=2, steps=2)), 3),
+                (PathSearch(PathSearchConfig(paths=2, branches=2, steps=3, value=value)), 4)]
     for method, budget in methods:
         outcome = align(problem, method, SEED, budget)
         assert outcome.ledger.reward_queries == budget

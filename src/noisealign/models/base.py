@@ -107,6 +107,19 @@ class Denoiser:
         return 1 if self.uncond is None or self.guidance == 1.0 else 2
 
 
+def check_guidance(model: DiffusionModel, guidance: float | None, negative_prompt: str = "") -> None:
+    """Refuse what the model's kind of guidance cannot use: a negative prompt without
+    classifier-free guidance, a scale other than 1 for a model without guidance. Cheap (no
+    encoding), so a caller can check before a run starts; make_denoiser checks again."""
+    kind = guidance_kind_of(model)
+    if kind != "cfg" and negative_prompt:
+        raise NoiseAlignError(f"{model.name} has no classifier-free guidance (its guidance is {kind!r}), so it takes "
+                              "no negative prompt; drop --negative-prompt")
+    if kind == "none" and guidance not in (None, 1.0):
+        raise NoiseAlignError(f"{model.name} takes no guidance (a timestep-distilled model without a guidance "
+                              f"embedding), got --guidance {guidance}; drop --guidance")
+
+
 def make_denoiser(model: DiffusionModel, prompt: str, guidance: float | None = None,
                   negative_prompt: str = "") -> Denoiser:
     """Encode a prompt once and bind it to the model with the model's kind of guidance.
@@ -116,14 +129,9 @@ def make_denoiser(model: DiffusionModel, prompt: str, guidance: float | None = N
     conditioning, one network call. "none": only guidance 1 (or None). A negative prompt is
     refused where the model has no classifier-free guidance to use it in.
     """
+    check_guidance(model, guidance, negative_prompt)
     guidance = model.default_guidance if guidance is None else guidance
     kind = guidance_kind_of(model)
-    if kind != "cfg" and negative_prompt:
-        raise NoiseAlignError(f"{model.name} has no classifier-free guidance (its guidance is {kind!r}), so it takes "
-                              "no negative prompt; drop --negative-prompt")
-    if kind == "none" and guidance != 1.0:
-        raise NoiseAlignError(f"{model.name} takes no guidance (a timestep-distilled model without a guidance "
-                              f"embedding), got --guidance {guidance}; drop --guidance")
     cond = model.encode_prompt(prompt)
     if kind == "distilled":
         return Denoiser(model, model.embed_guidance(cond, guidance))

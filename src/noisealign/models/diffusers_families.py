@@ -22,6 +22,7 @@ from .diffusers_flux import flux_network
 from .diffusers_text import flux_encoder, sd3_encoder, sd_encoder, sdxl_encoder
 from .diffusers_vp import unet_network
 
+
 @dataclass(frozen=True)
 class FamilySpec:
     """What one diffusers family is.
@@ -95,17 +96,19 @@ _FLUX = dict(pipeline_class="FluxPipeline", network="transformer", text_encoders
              default_size=128, vae_shift=True)
 
 FAMILIES = (
-    FamilySpec("sd", "StableDiffusionPipeline", _always, "unet", ("text_encoder",), sd_encoder, unet_network,
-               flow=False, defaults=FamilyDefaults(50, 7.5), turbo_defaults=SD_TURBO, safety_checker=True),
-    FamilySpec("sdxl", "StableDiffusionXLPipeline", _always, "unet", ("text_encoder", "text_encoder_2"),
-               sdxl_encoder, unet_network, flow=False, defaults=FamilyDefaults(50, 5.0), turbo_defaults=SD_TURBO,
-               vae_latents_stats=True),
+    FamilySpec("sd", pipeline_class="StableDiffusionPipeline", matches=_always, network="unet",
+               text_encoders=("text_encoder",), encoder=sd_encoder, network_call=unet_network, flow=False,
+               defaults=FamilyDefaults(50, 7.5), turbo_defaults=SD_TURBO, safety_checker=True),
+    FamilySpec("sdxl", pipeline_class="StableDiffusionXLPipeline", matches=_always, network="unet",
+               text_encoders=("text_encoder", "text_encoder_2"), encoder=sdxl_encoder, network_call=unet_network,
+               flow=False, defaults=FamilyDefaults(50, 5.0), turbo_defaults=SD_TURBO, vae_latents_stats=True),
     # SD3.5: the model cards' settings (the pipeline's own defaults are SD3's 28 steps, 7.0).
     FamilySpec("sd3.5-medium", matches=lambda config: bool(config.get("dual_attention_layers")),
                defaults=FamilyDefaults(40, 4.5), **_SD3),
     FamilySpec("sd3.5-large", matches=lambda config: config.get("qk_norm") is not None,
                defaults=FamilyDefaults(28, 3.5), **_SD3),
     FamilySpec("sd3", matches=_always, defaults=FamilyDefaults(28, 7.0), **_SD3),
+    # FLUX.1-schnell: its model card's 256 T5 tokens (FluxPipeline's default is 512).
     FamilySpec("flux-dev", matches=lambda config: bool(config.get("guidance_embeds")), guidance="distilled",
                encoder=partial(flux_encoder, max_sequence_length=512), defaults=FamilyDefaults(28, 3.5), **_FLUX),
     FamilySpec("flux-schnell", matches=_always, guidance="none", few_step=True,
