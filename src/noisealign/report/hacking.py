@@ -14,9 +14,11 @@ asks for a look at the images; it is not proof of hacking (two rewards may simpl
 
 from __future__ import annotations
 
+from typing import Any
+
 from .load import SweepData
 from .stats import stat
-from .tables import Table, by_method_reward_budget, held_out
+from .tables import Table, by_method_reward_budget, gain, held_out
 
 NOISE_SE = 2.0
 """How many standard errors of the paired difference count as noise."""
@@ -25,17 +27,15 @@ NOISE_SE = 2.0
 def hacking_table(data: SweepData) -> Table | None:
     rows, flagged = [], set()
     for (label, reward, budget), lines in by_method_reward_budget(data).items():
-        gain = stat(line["final_reward"] - line["baseline_reward"] for line in lines
-                    if line.get("final_reward") is not None and line.get("baseline_reward") is not None)
+        rise = stat(gain(line) for line in lines)
         for other in data.spec.evaluate:
             if other == reward:
                 continue
-            change = stat(held_out(line, other) - held_out(line, other, baseline=True) for line in lines
-                          if held_out(line, other) is not None and held_out(line, other, baseline=True) is not None)
-            flag = is_hacking(gain.mean, gain.se, change.mean, change.se)
+            change = stat(_change(line, other) for line in lines)
+            flag = is_hacking(rise.mean, rise.se, change.mean, change.se)
             if flag:
                 flagged.add(len(rows))
-            rows.append([label, reward, budget, other, gain.n, gain, change, "yes" if flag else "no"])
+            rows.append([label, reward, budget, other, rise.n, rise, change, "yes" if flag else "no"])
     if not rows:
         return None
     return Table("hacking", f"Hacking flags ({len(flagged)} flagged)",
@@ -45,8 +45,15 @@ def hacking_table(data: SweepData) -> Table | None:
                  rows, flagged=flagged)
 
 
-def is_hacking(gain: float | None, gain_se: float | None, change: float | None, change_se: float | None) -> bool:
-    """The optimized reward rose and the held-out one fell, each by more than NOISE_SE standard errors."""
-    if None in (gain, gain_se, change, change_se):
+def is_hacking(rise: float | None, rise_se: float | None, change: float | None, change_se: float | None) -> bool:
+    """The optimized reward rose (mean paired gain `rise`) and the held-out one fell (mean paired
+    `change`), each by more than NOISE_SE standard errors."""
+    if None in (rise, rise_se, change, change_se):
         return False
-    return gain > NOISE_SE * gain_se and change < -NOISE_SE * change_se
+    return rise > NOISE_SE * rise_se and change < -NOISE_SE * change_se
+
+
+def _change(line: dict[str, Any], reward: str) -> float | None:
+    """The held-out `reward` of the cell's output minus that of its baseline."""
+    after, before = held_out(line, reward), held_out(line, reward, baseline=True)
+    return None if after is None or before is None else after - before

@@ -41,13 +41,14 @@ class SweepData:
     def labels(self) -> list[str]:
         return [method.label for method in self.spec.methods]
 
-    def budgets(self, label: str) -> list[int]:
-        return sorted(self.spec.method(label).budgets)
-
 
 def load_sweep(path: Path) -> SweepData:
     """The sweep folder at `path`; a folder without finished cells is one error line."""
-    spec = SweepSpec.from_dict(read_spec(path))
+    try:
+        spec = SweepSpec.from_dict(read_spec(path))
+    except (KeyError, TypeError, ValueError) as error:
+        raise NoiseAlignError(f"{path / 'sweep.json'} is not a sweep spec this version of noisealign wrote "
+                              f"({type(error).__name__}: {error})") from None
     lines = read_results(path)
     if not lines:
         raise NoiseAlignError(f"{path} has no finished cell yet; run (or resume) `noisealign sweep ... --out {path}`")

@@ -36,20 +36,16 @@ class Table:
     flagged: set[int] = field(default_factory=set)
 
 
-def evaluation_column(reward: str) -> str:
-    return f"eval: {reward}"
-
-
 def summary_table(data: SweepData) -> Table:
     evaluate = list(data.spec.evaluate)
     columns = ["method", "optimized", "budget", "cells", "reward queries", "NFE", "seconds", "final reward",
-               "baseline reward", "gain", *map(evaluation_column, evaluate)]
+               "baseline reward", "gain", *(f"eval: {e}" for e in evaluate)]
     rows = []
     for (label, reward, budget), lines in by_method_reward_budget(data).items():
         rows.append([label, reward, budget, len(lines), _stat(lines, "reward_queries").mean,
                      _stat(lines, "nfe").mean, _stat(lines, "seconds"), _stat(lines, "final_reward"),
-                     _stat(lines, "baseline_reward"), stat(_gain(line) for line in lines),
-                     *[stat(held_out(line, e)) for e in evaluate]])
+                     _stat(lines, "baseline_reward"), stat(gain(line) for line in lines),
+                     *[stat(held_out(line, e) for line in lines) for e in evaluate]])
     return Table("summary", "Every reward per method and budget",
                  "mean ± standard error over prompts x seeds; final reward: the optimized reward of the output, "
                  "gain: final minus baseline reward of the same cell; eval: held-out rewards, scored outside "
@@ -86,7 +82,7 @@ def cross_reward_table(data: SweepData) -> Table | None:
     for (label, reward, budget), lines in by_method_reward_budget(data).items():
         if budget != largest[label]:
             continue
-        rows.append([label, reward, budget, *[stat(held_out(line, e)) for e in evaluate]])
+        rows.append([label, reward, budget, *[stat(held_out(line, e) for line in lines) for e in evaluate]])
         marked |= {(len(rows) - 1, 3 + i) for i, e in enumerate(evaluate) if e == reward}
     return Table("cross-reward", "Cross-reward table (held-out rewards of each optimized reward)",
                  "rows: a method aligned toward one reward, at its largest budget; columns: every evaluation "
@@ -121,7 +117,8 @@ def _stat(lines: list[dict[str, Any]], key: str) -> Stat:
     return stat(line.get(key) for line in lines)
 
 
-def _gain(line: dict[str, Any]) -> float | None:
+def gain(line: dict[str, Any]) -> float | None:
+    """The cell's final reward minus its baseline's (the optimized reward, paired by prompt and seed)."""
     final, base = line.get("final_reward"), line.get("baseline_reward")
     return None if final is None or base is None else final - base
 
@@ -131,3 +128,14 @@ def held_out(line: dict[str, Any], reward: str, baseline: bool = False) -> float
     return (line.get("baseline_evaluation" if baseline else "evaluation") or {}).get(reward)
 
 
+
+
+def cell_text(value: Any) -> str:
+    """A table cell as text: a Stat as `mean ± se`, a float to 4 significant digits, None as a dash."""
+    if isinstance(value, Stat):
+        return value.text()
+    if value is None:
+        return "—"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)

@@ -9,12 +9,12 @@ from typing import Any
 from ..options import integer
 
 COMMANDS = ("sweep", "report")
+EXECUTORS = ("local", "ray")
 
 
 def add_parsers(commands: Any) -> None:
     """Register `sweep` and `report` on the main parser's subcommands."""
     from ..report.cli import add_parser as add_report_parser
-    from .executors import EXECUTORS
 
     sweep = commands.add_parser(
         "sweep", help="run methods x budgets x rewards x prompts x seeds from a sweep file (docs/sweep.md)",
@@ -34,12 +34,12 @@ def add_parsers(commands: Any) -> None:
     given.add_argument("--budgets", type=_number_list, help="these budgets for every method, e.g. 64,256")
     given.add_argument("--optimize", action="append", help="a reward to align toward (repeat for several)")
     given.add_argument("--evaluate", action="append", help="a held-out reward to score (repeat for several)")
-    run = sweep.add_argument_group("execution (does not change the results)")
+    run = sweep.add_argument_group("execution (how, not what: results are the same, timings aside)")
     run.add_argument("--executor", choices=EXECUTORS, default="local",
                      help="local: one worker in this process (default); ray: one actor per GPU or CPU worker")
     run.add_argument("--workers", type=integer, help="Ray actors (default: one per GPU, else per CPU / --threads)")
     run.add_argument("--ray-address", help="the Ray cluster (default: RAY_ADDRESS, else a local one started here)")
-    run.add_argument("--threads", type=integer, default=None, help="torch CPU threads per worker (default 1)")
+    run.add_argument("--threads", type=integer, default=None, help="torch CPU threads per worker (default 1; bit-identical results need equal threads)")
     run.add_argument("--retries", type=integer, default=1, help="runs of a failed cell after the first (default 1)")
     run.add_argument("--offline", action="store_true", help="forbid every download (also NOISEALIGN_OFFLINE=1)")
     run.add_argument("--quiet", action="store_true", help="no progress bar")

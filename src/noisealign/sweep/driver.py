@@ -2,9 +2,9 @@
 
 Order matters for "nothing is written on bad input": the spec is checked (spec.py), the
 folder is checked, the workers load and check the sweep, and only then is the folder created
-(or taken over to resume). Ctrl-C and SIGTERM stop the sweep cleanly: the cell in progress is
-dropped (it runs again on resume), every finished cell stays recorded, the exit status is
-130 or 143.
+(or taken over to resume). From then on Ctrl-C and SIGTERM stop the sweep cleanly: the cell in
+progress is dropped (it runs again on resume), every finished cell stays recorded, the workers
+are stopped, the exit status is 130 or 143.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from ..align import COMPLETE
-from ..stopping import EXIT_CODES, signal_of, stop_on_signals, stop_point
+from ..stopping import EXIT_CODES, signal_of, stop_on_signals
 from .cells import Cell, cells_of
 from .executors import Executor, make_executor
 from .results import SweepFolder, read_results
@@ -43,22 +43,24 @@ def run_sweep(spec: SweepSpec, out: Path, options: ExecutionOptions) -> int:
     SweepFolder.check(out, spec_dict)
     cells = cells_of(spec)
     started = time.perf_counter()
-    with stop_on_signals():
-        try:
-            executor = make_executor(options.executor, spec, options.threads, options.workers, options.ray_address)
+    try:   # before the workers are up nothing is written: Ctrl-C just ends it
+        executor = make_executor(options.executor, spec, options.threads, options.workers, options.ray_address)
+    except KeyboardInterrupt:
+        print("stopped before any cell ran; nothing was written", file=sys.stderr)
+        return EXIT_CODES[signal.SIGINT]
+    try:
+        with stop_on_signals():   # entered after the workers start: Ray installs signal handlers of its own
+            folder = SweepFolder.open(out, spec_dict)
             try:
-                stop_point()
-                folder = SweepFolder.open(out, spec_dict)
-                try:
-                    _run_cells(folder, cells, executor, options)
-                finally:
-                    folder.close()
+                _run_cells(folder, cells, executor, options)
             finally:
-                executor.close()
-        except KeyboardInterrupt as stop:
-            print(f"stopped ({signal.Signals(signal_of(stop)).name}): {len(read_results(out))} of {len(cells)} "
-                  f"cells finished in {out}; rerun the same command to resume", file=sys.stderr)
-            return EXIT_CODES.get(signal_of(stop), 130)
+                folder.close()
+    except KeyboardInterrupt as stop:
+        print(f"stopped ({signal.Signals(signal_of(stop)).name}): {len(read_results(out))} of {len(cells)} "
+              f"cells finished in {out}; rerun the same command to resume", file=sys.stderr)
+        return EXIT_CODES.get(signal_of(stop), 130)
+    finally:
+        executor.close()
     lines = read_results(out)
     failed = sum(1 for line in lines if line["status"] != COMPLETE)
     print(f"{len(lines) - failed} complete, {failed} failed of {len(cells)} cells in {out} "

@@ -11,15 +11,14 @@ from __future__ import annotations
 
 from typing import Iterable, Iterator, Protocol
 
+import torch
+
 from ..align import COMPLETE
 from ..errors import NoiseAlignError
 from ..stopping import stop_point
 from .cells import Cell
 from .spec import SweepSpec
 from .worker import CellResult, Worker
-
-EXECUTORS = ("local", "ray")
-
 
 class Executor(Protocol):
     workers: int
@@ -40,7 +39,12 @@ class LocalExecutor:
     workers = 1
 
     def __init__(self, spec: SweepSpec, threads: int):
-        self.worker = Worker(spec, threads)
+        self._threads_before = torch.get_num_threads()
+        try:
+            self.worker = Worker(spec, threads)
+        except BaseException:
+            self.close()
+            raise
 
     def run(self, cells: Iterable[Cell], retries: int) -> Iterator[tuple[Cell, CellResult, int]]:
         for cell in cells:
@@ -54,12 +58,13 @@ class LocalExecutor:
                 attempt += 1
 
     def close(self) -> None:
-        pass
+        """Give this process back its torch thread count (the worker set its own)."""
+        torch.set_num_threads(self._threads_before)
 
 
 def make_executor(name: str, spec: SweepSpec, threads: int, workers: int | None,
                   address: str | None) -> Executor:
-    """The executor `name` with its workers started and the sweep checked on them."""
+    """The executor `name` (local or ray) with its workers started and the sweep checked on them."""
     if name == "local":
         if workers not in (None, 1):
             raise NoiseAlignError(f"the local executor runs one worker, got --workers {workers}; "

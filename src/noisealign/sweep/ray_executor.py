@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections import deque
 from typing import Any, Iterable, Iterator
 
@@ -29,6 +30,8 @@ LOCAL_CLUSTER = {"include_dashboard": False, "log_to_driver": False, "logging_le
 
 POLL_SECONDS = 0.2
 """How often the driver looks up from waiting, to notice Ctrl-C / SIGTERM."""
+
+_COLOUR = re.compile(r"\x1b\[[0-9;]*m")
 
 
 class _CellActor:
@@ -50,6 +53,8 @@ class _CellActor:
 
 class RayExecutor:
     def __init__(self, spec: SweepSpec, threads: int, workers: int | None, address: str | None):
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        os.environ.setdefault("RAY_DISABLE_FAILURE_SIGNAL_HANDLER", "1")   # SIGTERM stops the sweep, no core dump
         try:
             import ray
         except ImportError:
@@ -57,7 +62,6 @@ class RayExecutor:
         self._ray = ray
         self.started = not ray.is_initialized()
         if self.started:
-            os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
             address = address or os.environ.get("RAY_ADDRESS") or None
             cpus = None if address or workers is None else workers * threads
             try:
@@ -85,7 +89,7 @@ class RayExecutor:
         try:
             errors = ray.get([actor.ready.remote() for actor in self.actors])
         except ray.exceptions.RayError as error:
-            raise NoiseAlignError(f"a Ray worker could not start ({first_line(error)})") from None
+            raise NoiseAlignError(f"a Ray worker could not start ({_reason(error)})") from None
         problem = next((e for e in errors if e), None)
         if problem:
             raise NoiseAlignError(problem)
@@ -118,9 +122,9 @@ class RayExecutor:
         except ray.exceptions.RayActorError as error:
             replacement = self._actor.remote(self._spec, self._threads)
             self.actors[self.actors.index(actor)] = replacement
-            return CellResult.lost(f"its Ray worker died ({first_line(error)})"), replacement
+            return CellResult.lost(f"its Ray worker died ({_reason(error)})"), replacement
         except ray.exceptions.RayError as error:
-            return CellResult.lost(f"Ray could not run it ({first_line(error)})"), actor
+            return CellResult.lost(f"Ray could not run it ({_reason(error)})"), actor
 
     def close(self) -> None:
         """Stop the actors; shut the cluster down if this executor started it."""
@@ -132,3 +136,12 @@ class RayExecutor:
                 pass
         if self.started and ray.is_initialized():
             ray.shutdown()
+
+
+def _reason(error: Exception) -> str:
+    """One line out of a Ray error: the exception of a failed actor start (the traceback's last
+    line), else Ray's first line; without Ray's terminal colours."""
+    lines = [line.strip() for line in _COLOUR.sub("", str(error)).splitlines() if line.strip()]
+    if not lines:
+        return type(error).__name__
+    return (lines[-1] if "creation task" in lines[0] else lines[0])[:200]

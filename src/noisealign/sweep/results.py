@@ -38,38 +38,46 @@ class SweepFolder:
         self.path, self._lock, self.finished = path, lock, finished
 
     @staticmethod
-    def check(path: Path, spec: dict[str, Any]) -> bool:
-        """Whether `path` would be a new sweep folder (True) or this sweep's, to resume (False);
-        NoiseAlignError if it is neither. Writes nothing."""
+    def check(path: Path, spec: dict[str, Any]) -> None:
+        """Refuse a `path` that is neither a new sweep folder (absent or empty, in a writable place)
+        nor this sweep's, to resume. Writes nothing."""
         stored = path / SPEC_FILE
-        if stored.is_file():
-            difference = _difference(_read_spec(stored), spec)
-            if difference:
-                raise NoiseAlignError(f"{path} holds another sweep ({difference}); rerun the same sweep file and "
-                                      "flags to resume it, or choose another --out")
-            return False
-        check_out(str(path))   # a sweep folder is new: absent or empty, in a writable place
-        return True
+        if not stored.is_file():
+            check_out(str(path))
+            return
+        difference = _difference(_read_spec(stored), spec)
+        if difference:
+            raise NoiseAlignError(f"{path} holds another sweep ({difference}); rerun the same sweep file and "
+                                  "flags to resume it, or choose another --out")
 
     @classmethod
     def open(cls, path: Path, spec: dict[str, Any]) -> "SweepFolder":
         """Create the folder (new) or take it over to resume: cut a torn last line, remove the
         folders of cells without a line."""
-        new = cls.check(path, spec)
+        cls.check(path, spec)
         try:
-            (path / CELLS_FOLDER).mkdir(parents=True, exist_ok=True)
+            path.mkdir(parents=True, exist_ok=True)
         except OSError as error:
             raise NoiseAlignError(f"cannot create sweep folder {path} ({error.strerror}); choose another --out") from None
         lock = RunFolder.open(path)
-        if new:
-            _write_atomically(path / SPEC_FILE, json.dumps(spec, indent=2, allow_nan=False) + "\n")
-            (path / RESULTS_FILE).touch()
-        elif _difference(_read_spec(path / SPEC_FILE), spec):   # changed while we waited for the lock
-            raise NoiseAlignError(f"{path} changed under us; run the sweep again")
-        finished = {line["cell"]: line for line in read_results(path, repair=True)}
-        for entry in (path / CELLS_FOLDER).iterdir():
-            if entry.name not in finished:
-                shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+        try:
+            if (path / SPEC_FILE).is_file():
+                cls.check(path, spec)   # again, under the lock: another sweep may have started it meanwhile
+            else:   # sweep.json first: a folder holding anything else is a sweep folder
+                _write_atomically(path / SPEC_FILE, json.dumps(spec, indent=2, allow_nan=False) + "\n")
+                (path / RESULTS_FILE).touch()
+            (path / CELLS_FOLDER).mkdir(exist_ok=True)
+            finished = {line["cell"]: line for line in read_results(path, repair=True)}
+            for entry in (path / CELLS_FOLDER).iterdir():
+                if entry.name in finished:
+                    continue
+                if entry.is_dir():
+                    shutil.rmtree(entry)
+                else:
+                    entry.unlink()
+        except BaseException:
+            lock.close()
+            raise
         return cls(path, lock, finished)
 
     def close(self) -> None:
