@@ -1,67 +1,29 @@
 """The real reward models on tiny random weights, saved in each checkpoint's real on-disk format and
-loaded through the same code path as the hub files (a local path in place of the hub id).
-
-Where weights are renamed from a foreign layout (open_clip for HPSv2, BLIP for ImageReward), the
-reward is compared with an independent reference forward written here from that layout with
-torch.nn.functional (the attention is torch's multi_head_attention_forward, which open_clip's
-nn.MultiheadAttention runs).
+loaded through the same code path as the hub files (a local path in place of the hub id): the
+contract every reward keeps (batches, gradients, gray images, one-line errors). Their values are
+compared with the upstream packages themselves in tests/test_reward_conformance.py.
 """
 
 from __future__ import annotations
 
 import json
-from collections import OrderedDict
 
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
+from PIL import Image
 
 from noisealign.errors import NoiseAlignError
-from noisealign.rewards import imagereward as imagereward_module
-from noisealign.rewards.clip_common import CLIP_MEAN, CLIP_STD, model_pixels
+from noisealign.rewards.clip_common import model_pixels
 from noisealign.rewards.registry import REWARDS, parse_reward
+from rewards_tiny import aesthetic_head, save_bert_tokenizer, save_clip_tokenizer, save_tiny_clip, save_tiny_dino
 
 transformers = pytest.importorskip("transformers")
 
 PROMPTS = ["the cat sat", "a red dog"]
-LETTERS = "abcdefghijklmnopqrstuvwxyz"
 
 
 # ---------------------------------------------------------------- tiny checkpoints in their real formats
-
-def save_clip_tokenizer(folder):
-    """A byte-level BPE vocabulary of letters, like CLIP's in miniature (end-of-text is the largest id)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    tokens = list(LETTERS) + [c + "</w>" for c in LETTERS] + ["th", "the</w>", "<|startoftext|>", "<|endoftext|>"]
-    (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(tokens)}))
-    (folder / "merges.txt").write_text("#version: 0.2\nt h\nth e</w>\n")
-    tokenizer = transformers.CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"))
-    tokenizer.save_pretrained(folder)
-    return tokenizer
-
-
-def save_tiny_clip(folder, tokenizer, seed):
-    torch.manual_seed(seed)
-    config = transformers.CLIPConfig(
-        text_config=dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, max_position_embeddings=16, bos_token_id=tokenizer.bos_token_id,
-                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id),
-        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                           image_size=32, patch_size=8),
-        projection_dim=16)
-    model = transformers.CLIPModel(config).eval()
-    model.save_pretrained(folder)
-    return model
-
-
-def aesthetic_head_state(features, seed):
-    """The head as improved-aesthetic-predictor defines it (Dropouts included), state dict only."""
-    torch.manual_seed(seed)
-    mlp = nn.Sequential(nn.Linear(features, 1024), nn.Dropout(0.2), nn.Linear(1024, 128), nn.Dropout(0.2),
-                        nn.Linear(128, 64), nn.Dropout(0.1), nn.Linear(64, 16), nn.Linear(16, 1))
-    return OrderedDict(("layers." + k, v) for k, v in mlp.state_dict().items())
-
 
 def open_clip_state(width=32, text_width=32, layers=2, patch=8, grid=4, context=16, vocab=56, embed=16):
     """Random weights in open_clip's CLIP key layout (OpenAI names), as HPSv2 checkpoints store them."""
@@ -85,7 +47,7 @@ def open_clip_state(width=32, text_width=32, layers=2, patch=8, grid=4, context=
     return state
 
 
-MED = dict(vocab_size=40, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+MED = dict(vocab_size=62, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
            max_position_embeddings=40, hidden_act="gelu", layer_norm_eps=1e-12, pad_token_id=0,
            add_cross_attention=True, encoder_width=32, model_type="bert")
 
@@ -122,21 +84,14 @@ def imagereward_state(width=32, layers=2, patch=8, grid=4):
     state = {**{"blip.visual_encoder." + k: v for k, v in vit.items()},
              **{"blip.text_encoder." + k: v for k, v in bert.items()},
              "blip.vision_proj.weight": r(8, width), "blip.vision_proj.bias": r(8),  # unused by the reward
-             **{"mlp." + k: v for k, v in aesthetic_head_state(h, seed=5).items()}}
+             **{"mlp." + k: v for k, v in aesthetic_head(h, seed=5).state_dict().items()}}
     return state
-
-
-def save_bert_tokenizer(folder):
-    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *LETTERS, "the", "cat", "sat", "red", "dog"]
-    (folder / "vocab.txt").write_text("\n".join(words) + "\n")
-    tokenizer = transformers.BertTokenizer(str(folder / "vocab.txt"))
-    tokenizer.save_pretrained(folder)
-    return tokenizer
 
 
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory):
-    """One folder per reward, each laid out as its argument expects."""
+    """Each reward's spec argument: one folder per reward, laid out as its argument expects (dino: a
+    reference image and a model folder)."""
     root = tmp_path_factory.mktemp("rewards")
     folders = {name: root / name for name in REWARD_NAMES}
     tokenizer = save_clip_tokenizer(folders["clipscore"])
@@ -144,17 +99,21 @@ def checkpoints(tmp_path_factory):
     save_clip_tokenizer(folders["pickscore"])
     save_tiny_clip(folders["pickscore"], tokenizer, seed=1)
     save_tiny_clip(folders["aesthetic"], tokenizer, seed=2)
-    torch.save(aesthetic_head_state(16, seed=6), folders["aesthetic"] / "aesthetic-model.pth")
+    torch.save(aesthetic_head(16, seed=6).state_dict(), folders["aesthetic"] / "aesthetic-model.pth")
     save_clip_tokenizer(folders["hpsv2"])
     torch.save({"state_dict": open_clip_state(vocab=len(tokenizer))}, folders["hpsv2"] / "HPS_v2.1_compressed.pt")
-    folders["imagereward"].mkdir()
-    save_bert_tokenizer(folders["imagereward"])
+    save_bert_tokenizer(folders["imagereward"], ["the", "cat", "sat", "red", "dog"])
     (folders["imagereward"] / "med_config.json").write_text(json.dumps(MED))
     torch.save(imagereward_state(), folders["imagereward"] / "ImageReward.pt")
-    return folders
+    save_tiny_dino(root / "dinov2")
+    reference = root / "reference.png"
+    Image.fromarray((images(1, 24, 20, seed=3)[0].permute(1, 2, 0) * 255).byte().numpy()).save(reference)
+    arguments = {name: str(folder) for name, folder in folders.items()}
+    arguments["dino"] = f"{reference},model={root / 'dinov2'}"
+    return arguments
 
 
-REWARD_NAMES = ["aesthetic", "pickscore", "hpsv2", "imagereward", "clipscore"]
+REWARD_NAMES = ["aesthetic", "pickscore", "hpsv2", "imagereward", "clipscore", "dino"]
 
 
 def images(batch=2, height=40, width=48, seed=7):
@@ -165,7 +124,7 @@ def images(batch=2, height=40, width=48, seed=7):
 
 @pytest.mark.parametrize("name", REWARD_NAMES)
 def test_batch_equals_single_float32_and_gradient_reaches_the_image(checkpoints, name):
-    reward = REWARDS[name](str(checkpoints[name]))
+    reward = REWARDS[name](checkpoints[name])
     x = images().requires_grad_(True)
     batch = reward(x, PROMPTS)
     assert batch.dtype == torch.float32 and batch.shape == (2,)
@@ -180,24 +139,30 @@ def test_batch_equals_single_float32_and_gradient_reaches_the_image(checkpoints,
 
 @pytest.mark.parametrize("name", REWARD_NAMES)
 def test_single_channel_images_score_as_their_gray_rgb(checkpoints, name):
-    reward = REWARDS[name](str(checkpoints[name]))
+    reward = REWARDS[name](checkpoints[name])
     gray = images()[:, :1]
     torch.testing.assert_close(reward(gray, PROMPTS), reward(gray.repeat(1, 3, 1, 1), PROMPTS))
 
 
+MISSING = {"aesthetic": "trl-lib/ddpo-aesthetic-predictor/aesthetic-model.pth",
+           "pickscore": "yuvalkirstain/PickScore_v1", "hpsv2": "xswu/HPSv2/HPS_v2.1_compressed.pt",
+           "imagereward": "THUDM/ImageReward/ImageReward.pt", "clipscore": "openai/clip-vit-large-patch14",
+           "dino": "facebook/dinov2-base"}
+"""What each reward's default spec loads first from the hub (dino: its model; the reference is a local file)."""
+
+
 @pytest.mark.parametrize("name", REWARD_NAMES)
-def test_missing_weights_offline_is_one_line_naming_the_checkpoint(tmp_path, monkeypatch, name):
+def test_missing_weights_offline_is_one_line_naming_the_checkpoint(checkpoints, tmp_path, monkeypatch, name):
     monkeypatch.setenv("HF_HOME", str(tmp_path))
     monkeypatch.delenv("HF_HUB_CACHE", raising=False)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    reference = checkpoints["dino"].partition(",")[0]
+    spec, local = (f"dino:'{reference}'", "dino:'REF,model=/path'") if name == "dino" else (name, f"{name}:/path")
     with pytest.raises(NoiseAlignError) as caught:
-        parse_reward(name)
+        parse_reward(spec)
     message = str(caught.value)
-    hub_ids = {"aesthetic": "trl-lib/ddpo-aesthetic-predictor/aesthetic-model.pth",
-               "pickscore": "yuvalkirstain/PickScore_v1", "hpsv2": "xswu/HPSv2/HPS_v2.1_compressed.pt",
-               "imagereward": "THUDM/ImageReward/ImageReward.pt", "clipscore": "openai/clip-vit-large-patch14"}
-    assert "\n" not in message and hub_ids[name] in message
-    assert str(tmp_path) in message and "hf download" in message and f"{name}:/path" in message
+    assert "\n" not in message and MISSING[name] in message
+    assert str(tmp_path) in message and "hf download" in message and local in message
 
 
 @pytest.mark.parametrize("name", REWARD_NAMES)
@@ -229,7 +194,7 @@ def test_scores_first_taken_in_inference_mode_still_give_gradients(checkpoints):
 def test_rewards_follow_the_images_device(checkpoints, name):
     """The cached model moves to the images' device; a move made under inference mode (Demon) must still
     leave weights that a later differentiable call (DNO) can use."""
-    reward = REWARDS[name](str(checkpoints[name]))
+    reward = REWARDS[name](checkpoints[name])
     on_cpu = reward(images(), PROMPTS)
     with torch.inference_mode():
         reward(images().cuda(), PROMPTS)
@@ -242,22 +207,22 @@ def test_rewards_follow_the_images_device(checkpoints, name):
     torch.testing.assert_close(reward(images(), PROMPTS), on_cpu)
 
 
-# ---------------------------------------------------------------- values against independent references
+def test_dino_scores_its_reference_one_and_refuses_bad_arguments(checkpoints, tmp_path):
+    reward = REWARDS["dino"](checkpoints["dino"])
+    with torch.inference_mode():   # the reference's features, first computed here, still serve gradients below
+        assert reward(reward.reference[None], [""]).item() == pytest.approx(1.0, abs=1e-5)
+    x = images().requires_grad_(True)
+    reward(x, PROMPTS).sum().backward()
+    assert x.grad.abs().sum() > 0
+    (tmp_path / "notes.txt").write_text("not an image")
+    reference = checkpoints["dino"].partition(",")[0]
+    for argument, message in ((None, "needs a reference image"), (str(tmp_path / "notes.txt"), "not an image"),
+                              (f"{reference},model=", "is not REF or REF,model=M")):
+        with pytest.raises(NoiseAlignError, match=message):
+            REWARDS["dino"](argument)
 
-def test_transform_matches_transformers_clip_processor():
-    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
-    torch.manual_seed(0)
-    smooth = F.interpolate(torch.rand(1, 3, 6, 7), size=(60, 72), mode="bilinear", align_corners=False)
-    processor = CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
-    pil = (smooth[0].permute(1, 2, 0).numpy() * 255).round().astype("uint8")
-    expected = torch.as_tensor(processor(images=pil, return_tensors="np")["pixel_values"])
-    ours = model_pixels(torch.as_tensor(pil).permute(2, 0, 1)[None].float() / 255, 32)
-    assert ours.shape == (1, 3, 32, 32)
-    assert (ours - expected).abs().mean() < 0.02  # PIL's and torch's bicubic kernels differ slightly
-    constant = model_pixels(torch.full((1, 3, 40, 48), 0.5), 32)
-    torch.testing.assert_close(constant[0, :, 0, 0], (0.5 - torch.tensor(CLIP_MEAN)) / torch.tensor(CLIP_STD))
-
+# ---------------------------------------------------------------- CLIPScore's floor
 
 def _projected(features):
     """transformers 4 returns the projected embedding, transformers 5 an output holding it as pooler_output."""
@@ -272,15 +237,6 @@ def _clip_reference(folder):
         image = F.normalize(_projected(model.get_image_features(pixel_values=model_pixels(images(), 32))), dim=-1)
         text = F.normalize(_projected(model.get_text_features(**tokens)), dim=-1)
     return model, (image * text).sum(-1)
-
-
-def test_pickscore_and_clipscore_values(checkpoints):
-    model, cosine = _clip_reference(checkpoints["pickscore"])
-    torch.testing.assert_close(REWARDS["pickscore"](str(checkpoints["pickscore"]))(images(), PROMPTS),
-                               model.logit_scale.exp().detach() * cosine)
-    _, cosine = _clip_reference(checkpoints["clipscore"])
-    torch.testing.assert_close(REWARDS["clipscore"](str(checkpoints["clipscore"]))(images(), PROMPTS),
-                               2.5 * cosine.clamp(min=0))
 
 
 def test_clipscore_floor_zero_value_and_gradient_below_it(checkpoints, tmp_path):
@@ -299,116 +255,3 @@ def test_clipscore_floor_zero_value_and_gradient_below_it(checkpoints, tmp_path)
         torch.testing.assert_close(score, expected)
         score.sum().backward()
         assert (x.grad.flatten(1).abs().sum(dim=1) > 0).tolist() == (expected > 0).tolist()
-
-
-def test_aesthetic_value(checkpoints):
-    folder = checkpoints["aesthetic"]
-    model = transformers.CLIPModel.from_pretrained(folder).eval()
-    head = torch.load(folder / "aesthetic-model.pth")
-    with torch.no_grad():
-        x = F.normalize(_projected(model.get_image_features(pixel_values=model_pixels(images(), 32))), dim=-1)
-        for i in (0, 2, 4, 6, 7):
-            x = F.linear(x, head[f"layers.{i}.weight"], head[f"layers.{i}.bias"])
-    torch.testing.assert_close(REWARDS["aesthetic"](str(folder / "aesthetic-model.pth"))(images(), PROMPTS), x[:, 0])
-
-
-def _ln(x, state, name, eps):
-    return F.layer_norm(x, x.shape[-1:], state[name + ".weight"], state[name + ".bias"], eps)
-
-
-def _attention(query, memory, heads, in_weights, in_bias, out_weight, out_bias, mask=None, padding=None):
-    """torch's multi-head attention on (B, L, W) inputs; in_weights is one fused (3W, W) or three matrices."""
-    fused = isinstance(in_weights, torch.Tensor)
-    out, _ = F.multi_head_attention_forward(
-        query.transpose(0, 1), memory.transpose(0, 1), memory.transpose(0, 1), query.shape[-1], heads,
-        in_weights if fused else None, in_bias, None, None, False, 0.0, out_weight, out_bias, training=False,
-        key_padding_mask=padding, need_weights=False, attn_mask=mask, use_separate_proj_weight=not fused,
-        q_proj_weight=None if fused else in_weights[0], k_proj_weight=None if fused else in_weights[1],
-        v_proj_weight=None if fused else in_weights[2])
-    return out.transpose(0, 1)
-
-
-def _prenorm_blocks(x, state, prefix, names, heads, eps, mask=None):
-    """Pre-LayerNorm residual blocks (open_clip ResidualAttentionBlock, timm/BLIP Block)."""
-    ln1, ln2, qkv_weight, qkv_bias, proj, fc1, fc2 = names
-    i = 0
-    while f"{prefix}{i}.{ln1}.weight" in state:
-        p = f"{prefix}{i}."
-        h = _ln(x, state, p + ln1, eps)
-        x = x + _attention(h, h, heads, state[p + qkv_weight], state[p + qkv_bias], state[p + proj + ".weight"],
-                           state[p + proj + ".bias"], mask=mask)
-        h = F.gelu(F.linear(_ln(x, state, p + ln2, eps), state[p + fc1 + ".weight"], state[p + fc1 + ".bias"]))
-        x = x + F.linear(h, state[p + fc2 + ".weight"], state[p + fc2 + ".bias"])
-        i += 1
-    return x
-
-
-def _vit_tokens(pixels, cls, pos, conv_weight, conv_bias=None):
-    """[class token; patch embeddings] + positions."""
-    patches = F.conv2d(pixels, conv_weight, conv_bias, stride=conv_weight.shape[-1]).flatten(2).transpose(1, 2)
-    tokens = torch.cat([cls.reshape(1, 1, -1).expand(len(pixels), 1, -1), patches], dim=1)
-    return tokens + pos.reshape(1, tokens.shape[1], -1)
-
-
-OPEN_CLIP_BLOCK = ("ln_1", "ln_2", "attn.in_proj_weight", "attn.in_proj_bias", "attn.out_proj", "mlp.c_fc",
-                   "mlp.c_proj")
-BLIP_VIT_BLOCK = ("norm1", "norm2", "attn.qkv.weight", "attn.qkv.bias", "attn.proj", "mlp.fc1", "mlp.fc2")
-
-
-def test_hpsv2_equals_an_open_clip_forward(checkpoints):
-    folder = checkpoints["hpsv2"]
-    state = torch.load(folder / "HPS_v2.1_compressed.pt")["state_dict"]
-    tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
-    ids = tokenizer(PROMPTS, padding="max_length", max_length=16, return_tensors="pt")["input_ids"]
-    with torch.no_grad():
-        x = _vit_tokens(model_pixels(images(), 32), state["visual.class_embedding"],
-                        state["visual.positional_embedding"], state["visual.conv1.weight"])
-        x = _prenorm_blocks(_ln(x, state, "visual.ln_pre", 1e-5), state, "visual.transformer.resblocks.",
-                            OPEN_CLIP_BLOCK, 16, 1e-5)
-        image = _ln(x[:, 0], state, "visual.ln_post", 1e-5) @ state["visual.proj"]
-        causal = torch.full((16, 16), float("-inf")).triu(1)
-        t = state["token_embedding.weight"][ids] + state["positional_embedding"]
-        t = _ln(_prenorm_blocks(t, state, "transformer.resblocks.", OPEN_CLIP_BLOCK, 16, 1e-5, mask=causal),
-                state, "ln_final", 1e-5)
-        text = t[torch.arange(len(ids)), ids.argmax(dim=-1)] @ state["text_projection"]  # open_clip pools at argmax
-    expected = (F.normalize(image, dim=-1) * F.normalize(text, dim=-1)).sum(-1)
-    torch.testing.assert_close(REWARDS["hpsv2"](str(folder))(images(), PROMPTS), expected, rtol=1e-4, atol=1e-5)
-
-
-def test_imagereward_equals_a_blip_forward(checkpoints):
-    folder = checkpoints["imagereward"]
-    state = torch.load(folder / "ImageReward.pt")
-    vit = {k[len("blip.visual_encoder."):]: v for k, v in state.items() if k.startswith("blip.visual_encoder.")}
-    bert = {k[len("blip.text_encoder."):]: v for k, v in state.items() if k.startswith("blip.text_encoder.")}
-    tokens = transformers.AutoTokenizer.from_pretrained(folder)(
-        PROMPTS, padding="max_length", truncation=True, max_length=35, return_tensors="pt")
-    eps = MED["layer_norm_eps"]
-    with torch.no_grad():
-        v = _vit_tokens(model_pixels(images(), 32), vit["cls_token"], vit["pos_embed"],
-                        vit["patch_embed.proj.weight"], vit["patch_embed.proj.bias"])
-        v = _ln(_prenorm_blocks(v, vit, "blocks.", BLIP_VIT_BLOCK, 16, 1e-6), vit, "norm", 1e-6)
-        ids = tokens["input_ids"]
-        t = _ln(bert["embeddings.word_embeddings.weight"][ids] + bert["embeddings.position_embeddings.weight"][:35],
-                bert, "embeddings.LayerNorm", eps)
-        padding = tokens["attention_mask"] == 0
-        for i in range(MED["num_hidden_layers"]):  # post-LayerNorm BERT layer with cross-attention (BLIP med.py)
-            for kind, memory, mask in (("attention", t, padding), ("crossattention", v, None)):
-                p = f"encoder.layer.{i}.{kind}."
-                weights = [bert[p + f"self.{n}.weight"] for n in ("query", "key", "value")]
-                bias = torch.cat([bert[p + f"self.{n}.bias"] for n in ("query", "key", "value")])
-                a = _attention(t, memory, MED["num_attention_heads"], weights, bias, bert[p + "output.dense.weight"],
-                               bert[p + "output.dense.bias"], padding=mask)
-                t = _ln(t + a, bert, p + "output.LayerNorm", eps)
-            p = f"encoder.layer.{i}."
-            h = F.gelu(F.linear(t, bert[p + "intermediate.dense.weight"], bert[p + "intermediate.dense.bias"]))
-            t = _ln(t + F.linear(h, bert[p + "output.dense.weight"], bert[p + "output.dense.bias"]), bert,
-                    p + "output.LayerNorm", eps)
-        r = t[:, 0]
-        for i in (0, 2, 4, 6, 7):
-            r = F.linear(r, state[f"mlp.layers.{i}.weight"], state[f"mlp.layers.{i}.bias"])
-    expected = (r[:, 0] - imagereward_module.MEAN) / imagereward_module.STD
-    reward = REWARDS["imagereward"](str(folder / "ImageReward.pt"))
-    with torch.no_grad():
-        vision = reward.model.vision(pixel_values=model_pixels(images(), 32)).last_hidden_state
-    torch.testing.assert_close(vision, v, rtol=1e-5, atol=1e-5)  # the image tokens the text attends to
-    torch.testing.assert_close(reward(images(), PROMPTS), expected, rtol=1e-4, atol=1e-7)

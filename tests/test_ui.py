@@ -17,11 +17,12 @@ from noisealign.errors import NoiseAlignError
 from noisealign.methods.base import Problem, RunContext
 from noisealign.methods.demon import Demon, DemonConfig, DemonSession
 from noisealign.models.gmm import GaussianMixture
+from noisealign.rewards.dino import DinoSimilarity
 from noisealign.rewards.human import HumanChoice
 from noisealign.ui import HumanSession, RunSpec, UIServer
 from noisealign.ui.server import TOKEN_HEADER, exposure_warning
 from noisealign.ui.session import RUN_FILES
-from test_ui_support import SMALL, TinyImages, base_url, call, tiny_problem
+from test_ui_support import SMALL, TinyImages, base_url, call, save_reference, tiny_problem
 
 
 @pytest.fixture
@@ -342,3 +343,61 @@ def test_bundled_digits_model_offline(tmp_path):
     session.finish()
     assert json.loads((session.run_dir / "result.json").read_text())["model"] == "digits"
 
+
+
+# ---------------------------------------------------------------- a reference image (DINOv2 similarity)
+
+@pytest.fixture
+def referenced(tmp_path):
+    """A session with a reference image (a glyph) and a tiny random DINOv2 model."""
+    reference, model = save_reference(tmp_path)
+    spec = RunSpec("tiny-images", reference=reference, reference_model=model)
+    return HumanSession.start(tiny_problem(), SMALL, seed=0, out=tmp_path / "run", spec=spec)
+
+
+def test_reference_similarity_is_shown_per_state_traced_per_step_and_resumed(referenced):
+    spec = referenced.spec
+    measure = DinoSimilarity.from_argument(f"{spec.reference},model={spec.reference_model}")
+
+    def similarity(images):
+        with torch.inference_mode():
+            return measure(images, [""]).item()
+
+    def current():
+        return similarity(referenced.problem.model.decode(referenced.context.denoiser(referenced.x, referenced.sigma)))
+
+    with UIServer(referenced) as server:
+        status, state = _state(server)
+        assert status == 200 and state["reference"].startswith("data:image/png") and state["final_similarity"] is None
+        assert state["similarities"] == pytest.approx([current()], abs=1e-6)
+        for chosen in ([0], [1, 2], [3]):
+            assert _choose(server, chosen)[0] == 200
+        status, state = _post(server, "/api/undo", version=_state(server)[1]["version"])
+        similarities = state["similarities"]
+        assert len(similarities) == len(state["trajectory"]) == 3
+        assert similarities[-1] == pytest.approx(current(), abs=1e-6)
+        rows = list(csv.DictReader(open(referenced.run_dir / "trace.csv")))
+        assert [float(row["reference_similarity"]) for row in rows] == pytest.approx(similarities[1:], abs=1e-5)
+        assert referenced.ledger.reward_queries == 2 * SMALL.K  # the person's steps only: measuring is free
+        status, state = _post(server, "/api/finish", version=state["version"])
+        assert state["final_similarity"] == pytest.approx(similarity(referenced.output), abs=1e-6)
+    result = json.loads((referenced.run_dir / "result.json").read_text())
+    assert result["reference_image"] == spec.reference and result["reference_model"] == spec.reference_model
+    assert result["reference_similarity"] == state["final_similarity"]
+    referenced.close()
+    resumed = HumanSession.resume(referenced.run_dir, model=TinyImages())   # the reference comes from choices.json
+    assert resumed.state()["similarities"] == similarities and resumed.final_similarity == state["final_similarity"]
+
+
+def test_without_a_reference_nothing_is_measured(server, session):
+    status, state = _choose(server, [0])
+    assert status == 200 and state["reference"] is None and state["similarities"] is None
+    assert "reference_similarity" not in open(session.run_dir / "trace.csv").readline()
+    assert "reference_similarity" not in json.loads((session.run_dir / "result.json").read_text())
+
+
+def test_a_missing_reference_fails_before_the_run_starts(tmp_path):
+    spec = RunSpec("tiny-images", reference=str(tmp_path / "absent.png"))
+    with pytest.raises(NoiseAlignError, match="no file or folder"):
+        HumanSession.start(tiny_problem(), SMALL, seed=0, out=tmp_path / "run", spec=spec)
+    assert not (tmp_path / "run").exists()

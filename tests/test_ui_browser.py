@@ -19,6 +19,7 @@ from noisealign.methods.base import Problem
 from noisealign.methods.demon import DemonConfig
 from noisealign.rewards.human import HumanChoice
 from noisealign.ui import HumanSession, RunSpec, UIServer
+from test_ui_support import save_reference
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -137,3 +138,17 @@ def test_a_wrong_token_shows_why(page, server):
     page.wait_for_selector("#banner:not([hidden])")
     assert "wrong or stale session token" in page.inner_text("#banner-text")
     assert page.locator(".candidate").count() == 0
+
+
+def test_the_reference_and_its_similarity_show_beside_the_trajectory(page, digits, tmp_path):
+    reference, model = save_reference(tmp_path)
+    config = DemonConfig(K=4, grid_points=8, beta=DemonConfig().beta_for(digits), lookahead_steps=4)
+    session = HumanSession.start(Problem(digits, HumanChoice()), config, seed=1, out=tmp_path / "run",
+                                 spec=RunSpec("digits", reference=reference, reference_model=model))
+    with UIServer(session) as server:
+        page.goto(server.url)
+        page.wait_for_selector("#reference-figure:not([hidden])")
+        assert page.inner_text("#similarity").startswith("DINOv2 similarity to the reference: ")
+        _choose(page, [0, 2], step=1)
+        shown = [float(text) for text in page.locator("#trajectory .similarity").all_inner_texts()]
+        assert shown == pytest.approx(session.state()["similarities"], abs=1e-3) and len(shown) == 2

@@ -40,6 +40,14 @@ def test_bad_input_is_one_line(tmp_path, capsys, monkeypatch):
     assert exit_info.value.code == 2
 
 
+def test_a_bad_reference_is_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(registry.MODELS, "tiny-images", (lambda: TinyImages(), ()))
+    start = ["ui", "--model", "tiny-images", "--no-browser", "--out", str(tmp_path / "run")]
+    _one_line_error(capsys, [*start, "--reference-model", str(tmp_path)], "give --reference IMAGE too")
+    _one_line_error(capsys, [*start, "--reference", str(tmp_path / "absent.png")], "no file or folder")
+    assert not (tmp_path / "run").exists()
+
+
 def _serve(*argv):
     """Start `noisealign ui` in a process; return it with the URL it printed."""
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}

@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import urllib.error
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 import torch
+from PIL import Image
 
 from noisealign.engine import karras_sigmas
 from noisealign.methods.base import Problem
@@ -57,6 +59,16 @@ class TinyImages:
 
     def prior_std(self, sigma: float) -> float:
         return sigma
+
+
+def save_reference(folder: Path) -> tuple[str, str]:
+    """A reference image (the ring glyph, 32 x 32 RGB) and a tiny random DINOv2 folder: (image, model folder)."""
+    from rewards_tiny import save_tiny_dino
+
+    ring = ((_glyphs()[0] + 1) * 127.5).round().byte().numpy()
+    Image.fromarray(ring).resize((32, 32), Image.NEAREST).convert("RGB").save(folder / "reference.png")
+    save_tiny_dino(folder / "dinov2")
+    return str(folder / "reference.png"), str(folder / "dinov2")
 
 
 def tiny_problem() -> Problem:

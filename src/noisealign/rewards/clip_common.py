@@ -34,8 +34,10 @@ def rgb_images(outputs: Tensor) -> Tensor:
 
 
 def model_pixels(images: Tensor, size: int, mean: Sequence[float] = CLIP_MEAN,
-                 std: Sequence[float] = CLIP_STD) -> Tensor:
-    """CLIP's eval transform in torch: shorter side to `size` (bicubic, antialiased), center crop, normalize."""
+                 std: Sequence[float] = CLIP_STD, crop: int | None = None) -> Tensor:
+    """CLIP's eval transform in torch: shorter side to `size` (bicubic, antialiased), center crop to
+    `crop` (default `size`; DINOv2 crops 224 of 256), normalize."""
+    crop = size if crop is None else crop
     height, width = images.shape[-2:]
     if min(height, width) != size:
         short, long = sorted((height, width))
@@ -43,8 +45,8 @@ def model_pixels(images: Tensor, size: int, mean: Sequence[float] = CLIP_MEAN,
         shape = (size, resized_long) if height <= width else (resized_long, size)
         images = F.interpolate(images, size=shape, mode="bicubic", antialias=True, align_corners=False)
         height, width = shape
-    top, left = round((height - size) / 2), round((width - size) / 2)
-    images = images[..., top:top + size, left:left + size]
+    top, left = round((height - crop) / 2), round((width - crop) / 2)
+    images = images[..., top:top + crop, left:left + crop]
     mean_ = torch.tensor(mean, dtype=images.dtype, device=images.device).view(1, 3, 1, 1)
     std_ = torch.tensor(std, dtype=images.dtype, device=images.device).view(1, 3, 1, 1)
     return (images - mean_) / std_

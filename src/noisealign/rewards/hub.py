@@ -56,13 +56,13 @@ def first_line(error: Exception) -> str:
     return (str(error).strip().splitlines() or [type(error).__name__])[0][:160]
 
 
-def _missing(reward: str, repo_id: str, filename: str | None, why: str) -> NoiseAlignError:
+def _missing(reward: str, repo_id: str, filename: str | None, why: str, local: str | None = None) -> NoiseAlignError:
     target = f"{repo_id}/{filename}" if filename else repo_id
     download = f"hf download {repo_id}" + (f" {filename}" if filename else "")
     return NoiseAlignError(
         f"reward {reward!r}: {target} is not in the Hugging Face cache {cache_dir()} {why}; download it once "
         f"with `{download}` (HF_HOME selects the cache, NOISEALIGN_OFFLINE=1 then keeps runs offline) "
-        f"or pass a local copy as {reward}:/path")
+        f"or pass a local copy as {local or reward + ':/path'}")
 
 
 def _hub_unreachable() -> str | None:
@@ -93,7 +93,8 @@ def _hub_library_offline() -> Iterator[None]:
         constants.HF_HUB_OFFLINE = saved
 
 
-def _cache_or_hub(reward: str, repo_id: str, filename: str | None, load: Callable[[bool], T]) -> T:
+def _cache_or_hub(reward: str, repo_id: str, filename: str | None, load: Callable[[bool], T],
+                  local: str | None = None) -> T:
     """load(local_files_only=True); when the cache lacks it, load(False) (a download) if downloads
     are allowed and the hub answers, else the one-line error at once."""
     from huggingface_hub.errors import EntryNotFoundError
@@ -106,14 +107,15 @@ def _cache_or_hub(reward: str, repo_id: str, filename: str | None, load: Callabl
         pass
     if offline():
         raise _missing(reward, repo_id, filename, "and downloads are forbidden (NOISEALIGN_OFFLINE, HF_HUB_OFFLINE "
-                                                  "or TRANSFORMERS_OFFLINE)")
+                                                  "or TRANSFORMERS_OFFLINE)", local)
     unreachable = _hub_unreachable()
     if unreachable:
-        raise _missing(reward, repo_id, filename, f"and {unreachable}")
+        raise _missing(reward, repo_id, filename, f"and {unreachable}", local)
     try:
         return load(False)
     except missing as error:
-        raise _missing(reward, repo_id, filename, f"and could not be downloaded ({first_line(error)})") from None
+        raise _missing(reward, repo_id, filename, f"and could not be downloaded ({first_line(error)})",
+                       local) from None
 
 
 def hub_file(reward: str, repo_id: str, filename: str) -> Path:
@@ -124,20 +126,22 @@ def hub_file(reward: str, repo_id: str, filename: str) -> Path:
         hf_hub_download(repo_id, filename, cache_dir=cache_dir(), local_files_only=local_only)))
 
 
-def check_cached_when_offline(reward: str, source: str | Path) -> None:
+def check_cached_when_offline(reward: str, source: str | Path, local: str | None = None) -> None:
     """With downloads forbidden, refuse a hub id absent from the cache before any heavy import
-    (transformers takes seconds to import; the answer is known from the cache folder alone)."""
+    (transformers takes seconds to import; the answer is known from the cache folder alone).
+    `local` is how the reward takes a local copy instead, when not as `reward:/path`."""
     if offline() and not Path(source).is_dir():
         if not (cache_dir() / f"models--{str(source).replace('/', '--')}").is_dir():
             raise _missing(reward, str(source), None, "and downloads are forbidden (NOISEALIGN_OFFLINE, "
-                                                      "HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE)")
+                                                      "HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE)", local)
 
 
-def pretrained(reward: str, loader: Any, source: str | Path, **kwargs: Any) -> Any:
-    """`loader.from_pretrained(source)` for a local folder or a hub id, with the one-line error."""
+def pretrained(reward: str, loader: Any, source: str | Path, local: str | None = None, **kwargs: Any) -> Any:
+    """`loader.from_pretrained(source)` for a local folder or a hub id, with the one-line error
+    (`local`: as in check_cached_when_offline)."""
     if not Path(source).is_dir():
         return _cache_or_hub(reward, str(source), None, lambda local_only: loader.from_pretrained(
-            str(source), cache_dir=cache_dir(), local_files_only=local_only, **kwargs))
+            str(source), cache_dir=cache_dir(), local_files_only=local_only, **kwargs), local)
     try:
         return loader.from_pretrained(str(source), **kwargs)
     except OSError as error:

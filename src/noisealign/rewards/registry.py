@@ -19,6 +19,7 @@ from ..errors import NoiseAlignError
 from .base import Reward, WeightedSum
 from .aesthetic import Aesthetic
 from .clipscore import clipscore
+from .dino import DinoSimilarity
 from .hpsv2 import hpsv2
 from .human import HumanChoice
 from .imagereward import ImageReward
@@ -47,6 +48,7 @@ REWARDS: dict[str, RewardFactory] = {
     "hpsv2": hpsv2,
     "imagereward": ImageReward.from_argument,
     "clipscore": clipscore,
+    "dino": DinoSimilarity.from_argument,
     "human": HumanChoice.from_argument,
     "python": python_reward,
 }

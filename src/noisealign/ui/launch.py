@@ -6,6 +6,7 @@ import argparse
 import sys
 import webbrowser
 from dataclasses import replace
+from pathlib import Path
 
 from ..errors import NoiseAlignError
 from ..methods.demon import DEMONS, LOOKAHEADS, DemonConfig
@@ -18,7 +19,7 @@ RUN_DEFAULTS = {
     "model": "digits", "prompt": "", "negative_prompt": "", "guidance": None, "seed": 0,
     "K": 8, "steps": 16, "beta": None, "demon": DemonConfig.demon, "lookahead": DemonConfig.lookahead,
     "lookahead_steps": DemonConfig.lookahead_steps, "out": None, "device": None, "dtype": None,
-    "height": None, "width": None, "scheduler": None,
+    "height": None, "width": None, "scheduler": None, "reference": None, "reference_model": None,
 }
 """Options of a new run (beta None: `DemonConfig.beta_for`, the paper's beta moved to the
 model's range). With --resume they come from the run's choices.json instead, so the parser
@@ -53,6 +54,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--width", type=integer, help="diffusers models: image width in pixels")
     run.add_argument("--scheduler", choices=["ddim", "euler", "karras"],
                      help="diffusers models: the baseline's grid (Demon always steps on a Karras grid)")
+    run.add_argument("--reference", metavar="IMAGE",
+                     help="a reference image: the page shows the DINOv2 similarity of the current sample to it, "
+                          "and trace.csv records it per step (docs/ui.md)")
+    run.add_argument("--reference-model", metavar="MODEL",
+                     help="with --reference: the Dinov2Model, a hub id or local folder (default facebook/dinov2-base)")
     serve = parser.add_argument_group("the server")
     serve.add_argument("--host", default="127.0.0.1",
                        help="address to listen on (default 127.0.0.1: this machine only; anything else is exposed)")
@@ -118,15 +124,26 @@ def _start(args: argparse.Namespace) -> HumanSession:
     if not 0 <= v["seed"] < 2 ** 63:
         raise NoiseAlignError(f"--seed must lie in [0, 2^63), got {v['seed']}")
     check_out(v["out"])
+    if v["reference_model"] is not None and v["reference"] is None:
+        raise NoiseAlignError("--reference-model chooses the model of --reference; give --reference IMAGE too")
+    reference = None if v["reference"] is None else _absolute(v["reference"])
+    reference_model = v["reference_model"]
+    if reference_model is not None and Path(reference_model).expanduser().is_dir():
+        reference_model = _absolute(reference_model)     # a local folder, found again from any directory
     config = DemonConfig(demon=v["demon"], K=v["K"], beta=v["beta"], lookahead=v["lookahead"],
                          lookahead_steps=v["lookahead_steps"], grid_points=v["steps"])  # bad options fail here
     spec = RunSpec(v["model"], device=v["device"], dtype=v["dtype"], height=v["height"], width=v["width"],
-                   scheduler=v["scheduler"])
+                   scheduler=v["scheduler"], reference=reference, reference_model=reference_model)
     model = spec.load_model()
     if v["beta"] is None:
         config = replace(config, beta=config.beta_for(model))  # saved resolved, so a resume needs no model
     problem = Problem(model, HumanChoice(), v["prompt"], v["negative_prompt"], v["guidance"])
     return HumanSession.start(problem, config, v["seed"], v["out"], spec)
+
+
+def _absolute(path: str) -> str:
+    """A path as saved in choices.json: absolute, so that --resume finds it from any directory."""
+    return str(Path(path).expanduser().resolve())
 
 
 def _resume(args: argparse.Namespace) -> HumanSession:

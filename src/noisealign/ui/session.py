@@ -11,6 +11,11 @@ closed browser loses nothing and `HumanSession.resume` rebuilds the exact state 
 the choices (same seed, same choices, same bits). Undo restores a snapshot taken before the
 step's candidates were drawn (the state x, the grid index, the noise generators' states, the
 ledger) and draws them again, so the person sees the very same candidates.
+
+With a reference image (RunSpec.reference), every state's preview D(x, sigma) is also scored by
+its DINOv2 similarity to the reference (rewards/dino.py): shown on the page beside the
+trajectory, recorded per step in trace.csv (`reference_similarity`) and, for the finished image,
+in result.json. It is a measurement for the person, not Demon's reward: no query is charged.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import time
 import zipfile
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import torch
 from torch import Tensor
@@ -34,6 +39,7 @@ from ..imaging import is_image_batch
 from ..methods.base import Problem, RunContext
 from ..methods.demon import DemonConfig, DemonSession
 from ..methods.plain import Plain
+from ..rewards.dino import DEFAULT_MODEL, DinoSimilarity, load_dino, read_image
 from ..rewards.human import HumanChoice
 from ..runs import RunFolder, Trace, record_head
 from . import render
@@ -51,7 +57,8 @@ class Conflict(NoiseAlignError):
 @dataclass(frozen=True)
 class RunSpec:
     """What rebuilds the run's problem on resume: the model (a name or folder `load_model`
-    takes, with its loading options), the prompt and guidance, the seed."""
+    takes, with its loading options), the prompt and guidance, the seed, and the optional
+    reference image (a path) with its DINOv2 model (a hub id or folder; None: facebook/dinov2-base)."""
 
     model: str
     prompt: str = ""
@@ -63,6 +70,8 @@ class RunSpec:
     height: int | None = None
     width: int | None = None
     scheduler: str | None = None
+    reference: str | None = None
+    reference_model: str | None = None
 
     @property
     def model_options(self) -> dict[str, Any]:
@@ -73,6 +82,21 @@ class RunSpec:
         from ..models.registry import load_model
 
         return load_model(self.model, **self.model_options)
+
+    def load_reference(self) -> DinoSimilarity | None:
+        """The DINOv2 similarity to the reference image, or None for a run without one."""
+        if self.reference is None:
+            return None
+        image = read_image(self.reference)          # a bad path fails before the model loads
+        return DinoSimilarity(load_dino(self.reference_model or DEFAULT_MODEL), image)
+
+
+class _Preview(NamedTuple):
+    """D(x, sigma) of one state, decoded: page-size and thumbnail data URLs, DINOv2 similarity to the reference."""
+
+    page: str
+    thumb: str
+    similarity: float | None
 
 
 @dataclass(frozen=True)
@@ -96,8 +120,12 @@ class HumanSession:
     the server serializes calls.
     """
 
-    def __init__(self, problem: Problem, spec: RunSpec, config: DemonConfig, folder: RunFolder):
+    def __init__(self, problem: Problem, spec: RunSpec, config: DemonConfig, folder: RunFolder,
+                 reference: DinoSimilarity | None = None):
         self.problem, self.spec, self.config, self.folder = problem, spec, config, folder
+        self.reference = reference                # spec.load_reference(), given by start / resume
+        self._reference_url = None if reference is None else render.png_data_url(reference.reference,
+                                                                                 render.THUMB_SIDE)
         self.run_dir = folder.path
         self.ledger = Ledger()
         self.context = RunContext(problem, spec.seed, self.ledger)
@@ -107,11 +135,12 @@ class HumanSession:
         self.version = 0
         self.finished = False
         self.output: Tensor | None = None         # the decoded final sample, once finished
+        self.final_similarity: float | None = None  # its DINOv2 similarity to the reference
         self.replay_diverged_at: int | None = None  # first replayed step whose x hash differs
         self._seconds_before, self._clock = 0.0, time.perf_counter()
         with torch.inference_mode():
             self.demon = DemonSession(self.context, config)
-            self.previews = [self._preview()]     # (page, thumbnail) data URLs of D(x, sigma), one per state
+            self.previews = [self._preview()]     # one per state: before any choice, then after each
             self._snapshots = [self._snapshot()]
             self.candidates = self._propose()
 
@@ -124,17 +153,19 @@ class HumanSession:
 
         The run folder is `out` (new or empty) or a new folder under runs/. `spec` says how
         `load_model` rebuilds the model on resume (default: by the model's own name, on the
-        CPU); its prompt, guidance and seed are taken from `problem` and `seed`.
+        CPU); its prompt, guidance and seed are taken from `problem` and `seed`. With
+        `spec.reference`, the reference image and its DINOv2 model load first.
         """
+        spec = replace(spec or RunSpec(problem.model.name), prompt=problem.prompt,
+                       negative_prompt=problem.negative_prompt, guidance=problem.guidance, seed=seed)
+        reference = spec.load_reference()
         baseline = Plain().run(RunContext(problem, seed, Ledger(query_limit=0))).output
         if not is_image_batch(baseline):
             raise NoiseAlignError(f"noisealign ui shows images, but model {problem.model.name!r} outputs tensors of "
                                   f"shape {tuple(baseline.shape[1:])}; use an image model such as --model digits")
-        spec = replace(spec or RunSpec(problem.model.name), prompt=problem.prompt,
-                       negative_prompt=problem.negative_prompt, guidance=problem.guidance, seed=seed)
         folder = RunFolder.create(None if out is None else str(out), f"ui-demon-seed{seed}")
         folder.save_output(baseline, "baseline")
-        session = cls(problem, spec, config, folder)
+        session = cls(problem, spec, config, folder, reference)
         session._save()
         return session
 
@@ -146,9 +177,10 @@ class HumanSession:
         data = read_choices(run_dir)
         spec = RunSpec(**data["run"])
         config = config_from_dict(DemonConfig, data["config"])
+        reference = spec.load_reference()
         model = spec.load_model() if model is None else model
         problem = Problem(model, HumanChoice(), spec.prompt, spec.negative_prompt, spec.guidance)
-        session = cls(problem, spec, config, RunFolder.open(run_dir))  # a second server on it is refused
+        session = cls(problem, spec, config, RunFolder.open(run_dir), reference)  # a second server is refused
         for record in data["choices"]:
             if record["step"] != session.demon.index:
                 raise NoiseAlignError(f"{run_dir / CHOICES_FILE} records step {record['step']} where step "
@@ -228,8 +260,11 @@ class HumanSession:
             "step": len(self.choices), "steps_total": self.steps_total, "sigma": self.sigma,
             "finished": self.finished, "undone": self.undone,
             "candidates": self._candidate_urls,
-            "preview": self.previews[-1][0],
-            "trajectory": [thumb for _, thumb in self.previews],  # before any choice, then after each
+            "preview": self.previews[-1].page,
+            "trajectory": [preview.thumb for preview in self.previews],  # before any choice, then after each
+            "reference": self._reference_url,
+            "similarities": [preview.similarity for preview in self.previews] if self.reference else None,
+            "final_similarity": self.final_similarity,
             "history": [{"step": c["step"], "sigma": c["sigma"], "chosen": c["chosen"]} for c in self.choices],
             "baseline": render.file_data_url(self.run_dir / "baseline.png"),
             "image": render.file_data_url(self.run_dir / "image.png") if self.finished else None,
@@ -261,10 +296,13 @@ class HumanSession:
             event = self.demon.choose(rewards)
             event.counts = {**self.ledger.snapshot(), "seconds": round(seconds, 3)}
             event.extras["chosen"] = float(len(chosen))
+            preview = self._preview()
+            if preview.similarity is not None:
+                event.extras["reference_similarity"] = preview.similarity
             self.trace.record(event)
             self.choices.append({"step": event.step, "sigma": event.sigma, "chosen": list(chosen),
                                  "seconds": round(seconds, 3), "x_sha256": _digest(self.demon.x)})
-            self.previews.append(self._preview())
+            self.previews.append(preview)
             self._snapshots.append(self._snapshot())
             self.candidates = self._propose()
         self.version += 1
@@ -273,16 +311,24 @@ class HumanSession:
         with torch.inference_mode():
             sample = self.demon.finish()
             self.output = self.problem.model.decode(sample)
+            self.final_similarity = self._similarity(self.output[0])
         self.folder.save_output(self.output, "image")
         self.folder.save_noises(self.demon.noises())
         self.finished, self.candidates = True, None
         self.version += 1
 
-    def _preview(self) -> tuple[str, str]:
+    def _preview(self) -> _Preview:
         """D(x, sigma) of the current state, decoded: what the sample looks like so far (one NFE),
-        at page size and as a trajectory thumbnail."""
+        at page size, as a trajectory thumbnail, and its similarity to the reference."""
         image = self.problem.model.decode(self.context.denoiser(self.demon.x, self.demon.sigma))[0]
-        return render.png_data_url(image, render.PREVIEW_SIDE), render.png_data_url(image, render.THUMB_SIDE)
+        return _Preview(render.png_data_url(image, render.PREVIEW_SIDE), render.png_data_url(image, render.THUMB_SIDE),
+                        self._similarity(image))
+
+    def _similarity(self, image: Tensor) -> float | None:
+        """DINOv2 similarity of one decoded image to the reference (None without a reference)."""
+        if self.reference is None:
+            return None
+        return float(self.reference(image[None], [self.spec.prompt])[0])
 
     def _propose(self) -> Tensor | None:
         """The current step's K decoded look-aheads, or None when no demon step is left."""
@@ -331,6 +377,9 @@ class HumanSession:
                       network_evaluations=ledger.network_evaluations, seconds=round(self.seconds, 3),
                       demon_steps=len(self.choices), undone=self.undone,
                       degenerate_steps=self.demon.degenerate_steps, ode_after=self.demon.ode_after)
+        if spec.reference is not None:
+            record.update(reference_image=spec.reference, reference_model=spec.reference_model or DEFAULT_MODEL,
+                          reference_similarity=self.final_similarity)
         return record
 
 

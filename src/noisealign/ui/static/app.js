@@ -88,6 +88,7 @@ function render(next) {
     : state.candidates.length === 0 ? `all ${state.steps_total} steps chosen · σ = ${state.sigma.toPrecision(3)}`
     : `step ${state.step + 1} of ${state.steps_total} · σ = ${state.sigma.toPrecision(3)}`;
   setImage($("preview"), state.preview);
+  renderReference();
   renderCandidates();
   renderTrajectory();
   $("result").hidden = !state.finished;
@@ -125,6 +126,20 @@ function renderCandidates() {
   });
 }
 
+// The DINOv2 similarity of each state's D(x, σ) to the reference image, when the run has one.
+function renderReference() {
+  const similarities = state.similarities;
+  $("reference-figure").hidden = !state.reference;
+  $("similarity").hidden = !similarities;
+  $("final-similarity").hidden = state.final_similarity === null;
+  if (!state.reference) return;
+  setImage($("reference"), state.reference);
+  $("similarity").textContent = `DINOv2 similarity to the reference: ${similarities[similarities.length - 1].toFixed(3)}`;
+  if (state.final_similarity !== null) {
+    $("final-similarity").textContent = `DINOv2 similarity of the aligned sample to the reference: ${state.final_similarity.toFixed(3)}`;
+  }
+}
+
 function renderTrajectory() {
   const list = $("trajectory");
   list.replaceChildren();
@@ -135,6 +150,13 @@ function renderTrajectory() {
     setImage(img, url);
     const chosen = i === 0 ? "start" : `${i}: ${state.history[i - 1].chosen.map((k) => k + 1).join(",")}`;
     item.append(img, chosen);
+    if (state.similarities) {
+      const similarity = document.createElement("span");
+      similarity.className = "similarity";
+      similarity.textContent = state.similarities[i].toFixed(3);
+      similarity.title = "DINOv2 similarity to the reference";
+      item.append(similarity);
+    }
     list.append(item);
   });
 }
