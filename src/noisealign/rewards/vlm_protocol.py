@@ -22,15 +22,14 @@ import base64
 import hashlib
 import io
 import json
-import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
-import torch
 from PIL import Image
 from torch import Tensor
 
 from ..errors import NoiseAlignError
+from ..imaging import enlarged, to_pil
 
 MODES = ("pick", "rank", "score")
 
@@ -86,17 +85,13 @@ def encode_images(outputs: Tensor, min_size: int, max_size: int) -> list[Encoded
     if outputs.ndim != 4 or outputs.shape[1] not in (1, 3):
         raise NoiseAlignError(f"the vlm reward needs images B x C x H x W with 1 or 3 channels, got "
                               f"shape {tuple(outputs.shape)}; use it with an image model")
-    pixels = (outputs.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).cpu()
-    return [_encode(image.permute(1, 2, 0).numpy(), min_size, max_size) for image in pixels]
+    return [_encode(to_pil(image), min_size, max_size) for image in outputs]
 
 
-def _encode(pixels, min_size: int, max_size: int) -> EncodedImage:
-    image = Image.fromarray(pixels[..., 0] if pixels.shape[2] == 1 else pixels)
+def _encode(image: Image.Image, min_size: int, max_size: int) -> EncodedImage:
+    image = enlarged(image, min_size)
     longest = max(image.size)
-    if longest < min_size:
-        factor = math.ceil(min_size / longest)
-        image = image.resize((image.width * factor, image.height * factor), Image.Resampling.NEAREST)
-    elif longest > max_size:
+    if longest > max_size:
         scale = max_size / longest
         size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
         image = image.resize(size, Image.Resampling.LANCZOS)
