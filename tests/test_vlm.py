@@ -529,7 +529,9 @@ def test_requests_per_minute_spaces_the_requests(fake, tmp_path):
     judge = make_judge(fake, tmp_path, mode="score", max_concurrency=4, requests_per_minute=400)
     judge(candidates()[:4], [""] * 4)
     starts = sorted(seen.at for seen in fake.seen)
-    assert min(np.diff(starts)) >= 0.15 - 0.01
+    # 0.15 s apart when sent; arrival at the stub server jitters with thread scheduling on a busy
+    # machine, so allow 20%: without the limit the four would arrive within milliseconds
+    assert min(np.diff(starts)) >= 0.8 * 0.15
 
 
 # --- configuration ----------------------------------------------------------------------------
