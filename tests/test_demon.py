@@ -18,7 +18,7 @@ from noisealign.engine.schedules import karras_position
 from noisealign.errors import NoiseAlignError, NonFiniteReward
 from noisealign.methods.base import Problem, RunContext
 from noisealign.methods.demon import (Demon, DemonConfig, DemonSession, boltzmann_weights, combine_noises,
-                                      demon_steps_on, fit_grid, tanh_weights)
+                                      default_K, demon_steps_on, fit_grid, tanh_weights)
 from noisealign.methods.registry import METHODS
 from noisealign.models.base import make_denoiser
 from noisealign.models.gmm import GaussianMixture
@@ -218,6 +218,15 @@ def test_session_takes_a_persons_clicks():
     assert session.finish().shape == (1, 2) and context.ledger.reward_queries == 0
 
 
+def test_session_resolves_k_and_the_grid_like_demon_run():
+    unbounded = DemonSession(RunContext(Problem(MODEL, reward=None), 0, Ledger()), DemonConfig(K=8))
+    assert (unbounded.config.K, unbounded.config.grid_points) == (8, 64)
+    context = RunContext(Problem(MODEL, first_coordinate), 0, Ledger(query_limit=64))
+    session = DemonSession(context, DemonConfig())
+    assert session.config == Demon(DemonConfig()).plan(context.problem, 64).config
+    assert session.stochastic_steps_left == 64 // session.config.K
+
+
 # --- configuration ----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("tau", ["adaptive", 0.3])
@@ -282,19 +291,61 @@ def test_consistency_lookahead_needs_a_model_that_offers_it():
 
 def test_cli_entry_builds_the_config_from_flags():
     parser = argparse.ArgumentParser()
-    group = parser.add_argument_group("methods")
-    for entry in METHODS.values():
-        entry.add_arguments(group)
+    METHODS["demon"].add_arguments(parser.add_argument_group("demon"))
     args = parser.parse_args(["--demon", "boltzmann", "--K", "8", "--tau", "0.5", "--lookahead", "tweedie",
-                              "--lookahead-steps", "9", "--ode-after", "0.2", "--beta", "0.05"])
+                              "--lookahead-steps", "9", "--ode-after", "0.2", "--beta", "0.05", "--steps", "64"])
     config = METHODS["demon"].build(args).config
     assert config == DemonConfig(demon="boltzmann", K=8, beta=0.05, tau=0.5, lookahead="tweedie",
                                  lookahead_steps=9, ode_after=0.2, grid_points=64)
     assert METHODS["demon"].from_config(json.loads(json.dumps(asdict(config)))).config == config
     assert METHODS["demon"].build(parser.parse_args(["--steps", "30"])).config.grid_points == 30
-    assert METHODS["demon"].build(parser.parse_args([])).config.tau == "adaptive"
+    assert METHODS["demon"].build(parser.parse_args([])).config == DemonConfig()  # no flag: the defaults
     with pytest.raises(SystemExit):
         parser.parse_args(["--tau", "warm"])
+
+
+# --- the defaults: what `--method demon --budget B` runs with no other flag (docs/demon.md) ---------
+
+def test_default_config_leaves_k_and_the_grid_to_the_budget():
+    config = DemonConfig()
+    assert (config.demon, config.K, config.grid_points, config.tau, config.lookahead, config.lookahead_steps) == (
+        "tanh", None, None, "adaptive", "ode", 20)
+    assert [default_K(b) for b in (None, 1, 16, 64, 128, 255, 256, 512, 2048)] == [16, 1, 1, 4, 8, 15, 16, 16, 16]
+
+
+DIGITS_DEFAULT_PLAN = {64: (4, 23), 128: (8, 23), 256: (16, 23), 512: (16, 46), 1024: (16, 92), 2048: (16, 183)}
+"""budget -> (K, grid points) of the default plan on digits, the table in docs/demon.md."""
+
+
+@pytest.mark.parametrize("budget", sorted(DIGITS_DEFAULT_PLAN))
+def test_default_plan_on_digits_is_the_documented_k_and_grid(budget):
+    from noisealign.models.digits import DigitsModel
+
+    model = DigitsModel.load()
+    config = Demon(DemonConfig()).plan(Problem(model, first_coordinate), budget).config
+    assert (config.K, config.grid_points) == DIGITS_DEFAULT_PLAN[budget]
+    assert config == fit_grid(DemonConfig(K=default_K(budget)), model, budget) == fit_grid(DemonConfig(), model, budget)
+    steps = demon_steps_on(config.grid_points, model, config.ode_after_for(model))
+    assert steps >= budget // config.K > demon_steps_on(config.grid_points - 1, model, config.ode_after_for(model))
+    assert config.K * (budget // config.K) <= budget
+
+
+@pytest.mark.parametrize("budget", [64, 100])
+def test_default_run_on_digits_spends_at_most_the_budget_down_to_ode_after(budget):
+    from noisealign.models.digits import DigitsModel
+    from noisealign.rewards.registry import parse_reward
+
+    result, ledger, events = run_demon(DemonConfig(), budget=budget, reward=parse_reward("digit:3"),
+                                       model=DigitsModel.load())
+    K = default_K(budget)
+    assert result.info["K"] == K and len(events) == result.info["demon_steps"] == budget // K
+    assert ledger.reward_queries == K * (budget // K) <= budget
+    assert events[-1].sigma >= DemonConfig().ode_after_for(DigitsModel.load()) > events[-1].sigma / 2
+
+
+def test_default_plan_without_a_budget_is_the_papers_k_and_grid():
+    config = Demon(DemonConfig()).plan(Problem(MODEL, first_coordinate), None).config
+    assert (config.K, config.grid_points) == (16, 64)
 
 
 def test_jpeg_reward_on_the_digits_model():

@@ -44,10 +44,13 @@ LOOKAHEADS = ("ode", "tweedie", "consistency")
 class DemonConfig:
     """Options of Demon. Defaults follow the paper's code (tanh, adaptive tau, beta 0.1, ODE
     look-ahead), with beta and ode_after carried over to the model's sigma range, and K and
-    the grid fitted to the budget (`Demon.plan`).
+    the grid fitted to the budget (`Demon.plan`): what `noisealign generate --method demon
+    --budget B` runs with no other flag is `Demon(DemonConfig()).plan(problem, B)`, the
+    configuration benchmarks/demon_vs_best_of_n.py measures (docs/demon.md).
 
     demon: "tanh" (b_k = tanh((r_k - mean r) / tau)) or "boltzmann" (b = softmax(r / tau)).
-    K: candidates per step, i.e. reward queries per demon step. None: min(16, B // 16), at least 1.
+    K: candidates per step, i.e. reward queries per demon step. None: `default_K(B)`,
+        min(16, B // 16), at least 1 (16 demon steps up to B = 256, then K = 16).
     beta: noise level of the reverse SDE (0 would make every candidate identical). None: the
         paper's 0.1 scaled by 14.648 / sigma_max, so that beta * sigma_max, the ratio of the
         Langevin part to the ODE part at the top of the grid, is the paper's 1.46 (0.018 for
@@ -56,6 +59,8 @@ class DemonConfig:
     lookahead: the clean estimate c(x_k, sigma_next) scored: "ode" (Heun to sigma_min),
         "tweedie" (D(x_k, sigma_next), one call) or "consistency" (the model's few-step estimate).
     lookahead_steps: c_steps, the ODE look-ahead's Heun steps from sigma_max (fewer lower down).
+        20: on digits at B = 64 it scores higher than 10 (+0.13 to +0.24 log-odds, within
+        noise) at 1.8x the model calls; 30 and 40 gain nothing more.
     ode_after: sigma below which the sampler finishes with the ODE, no queries. None: the sigma
         at the same Karras position (rho 7) on the model's sigma range as the paper's 0.11 on
         its 14.648 .. 0.002 grid, i.e. about 70% of the way from sigma_max to sigma_min.
@@ -116,8 +121,16 @@ class DemonConfig:
 
 
 def default_K(budget: int | None) -> int:
-    """K when none is given: the paper's 16, fewer below a budget of 256 so that at least 16
-    demon steps are paid for (min(16, B // 16), at least 1)."""
+    """K when none is given: min(16, B // 16), at least 1; the paper's 16 without a budget.
+
+    So a budget below 256 pays for 16 demon steps (on digits: K 4 at B = 64, 8 at 128, 16 at
+    256, each on fit_grid's 23-point grid) and a larger one for B / 16 steps of 16 candidates.
+    Measured on digits (docs/demon.md, seeds 200..231 x 3 targets): at B = 64, K 4 beats K 3,
+    5 and 6 (by 0.3 to 0.9 log-odds); at B = 128, K 8 beats K 4, 6 and 12; at B = 512, K 16
+    (32 steps) beats K 32 (16 steps) and ties K 24. A trade-off, as we read it: fewer
+    candidates on more, finer steps have less injected noise per step to choose among; more
+    candidates on fewer, coarser steps choose less often.
+    """
     return 16 if budget is None else max(1, min(16, budget // 16))
 
 
@@ -133,12 +146,17 @@ def demon_steps_on(grid_points: int, model: DiffusionModel, ode_after: float) ->
 
 
 def fit_grid(config: DemonConfig, model: DiffusionModel, budget: int) -> DemonConfig:
-    """`config` on the smallest grid whose steps above ode_after a budget pays for in full.
+    """`config` on the smallest grid whose steps above ode_after a budget pays for in full
+    (K None: `default_K(budget)`).
 
     A budget B pays for B // K demon steps, taken from sigma_max down; on a fine grid they
     all fall at the top, where choices matter least. Fitting the grid spreads them down to
-    ode_after instead.
+    ode_after instead (on digits: 23 points for 16 steps, 46 for 32, 183 for 128). A coarser
+    tail below ode_after costs nothing measurable: finishing on a 20-point tail instead
+    changes the digits rewards by 0.001.
     """
+    if config.K is None:
+        config = replace(config, K=default_K(budget))
     steps, ode_after = budget // config.K, config.ode_after_for(model)
     points = next(t for t in range(2, steps + 10**4) if demon_steps_on(t, model, ode_after) >= steps)
     return replace(config, grid_points=points)
@@ -188,6 +206,8 @@ class DemonSession:
     """
 
     def __init__(self, context: RunContext, config: DemonConfig):
+        if config.K is None or config.grid_points is None:  # resolved for the ledger's budget, as Demon.run does
+            config = Demon(config).plan(context.problem, context.ledger.query_limit).config
         self.context, self.config = context, config
         model = context.model
         self.sigmas = karras_sigmas(config.grid_points, model.sigma_min, model.sigma_max)
