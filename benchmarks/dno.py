@@ -1,16 +1,12 @@
-"""DNO benchmarks: reward vs cost per estimator, reward hacking on the exact gmm, memory.
+"""DNO benchmarks: reward vs cost per estimator, memory. Reward hacking: benchmarks/hacking.py.
 
     python benchmarks/dno.py curves  [--budget 200 --steps 50 --seeds 2 --q 8]
-    python benchmarks/dno.py hacking [--iterations 100 --lrs 0.05 0.01 --gammas 0 1 10 --seeds 2]
     python benchmarks/dno.py memory
 
 curves:  reward of each iterate vs iteration, reward queries and seconds for grad, zo and
          hybrid at one query budget, on digits (digit:3 and jpeg) when the bundled digits model
          is available, else on the 2-D gmm with a linear reward; best-of-N at the same budget
          as the reference. -> results/dno_curves.{csv,png}
-hacking: r(x) = x . v (unbounded) on Gaussian mixtures whose exact log-density is known, in
-         2-D (n = 25 penalty rows at 50 steps) and 64-D (n = 800); gamma = 0 and > 0, against
-         the log-density range of plain samples. -> results/dno_hacking*.{csv,png}
 memory:  peak RSS of one gradient step at 10, 20, 50 steps with and without checkpointing on
          a random-weight mid-size conv denoiser, one fresh process each. -> results/dno_memory.csv
 """
@@ -23,7 +19,6 @@ import json
 import math
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -33,7 +28,7 @@ from noisealign.errors import NoiseAlignError
 from noisealign.methods.base import Problem, RunContext, StepEvent
 from noisealign.methods.best_of_n import BestOfN, BestOfNConfig
 from noisealign.methods.dno import Dno, DnoConfig
-from noisealign.methods.plain import PlainConfig, sample_plain
+from noisealign.methods.plain import PlainConfig
 from noisealign.models.gmm import GaussianMixture
 from noisealign.rewards.simple import Linear
 
@@ -47,15 +42,14 @@ def write_csv(rows: list[dict], path: Path) -> None:
         writer.writerows(rows)
 
 
-def dno_trace(problem: Problem, config: DnoConfig, seed: int, budget: int | None, on_event=None):
-    """Run DNO; return (result, one row per iterate: iteration, queries, nfe, seconds, reward)."""
+def dno_trace(problem: Problem, config: DnoConfig, seed: int, budget: int | None):
+    """Run DNO; return (result, one row per iterate: iteration, queries, nfe, seconds, reward, regularizers)."""
     rows = []
 
     def observe(event: StepEvent) -> None:
         rows.append({"iteration": event.step, "queries": event.counts["queries"], "nfe": event.counts["nfe"],
                      "seconds": event.counts["seconds"], "reward": float(event.rewards[0]),
-                     "penalty": event.extras.get("penalty", ""),  # not computed per iterate at gamma 0
-                     **(on_event(event) if on_event else {})})
+                     **{k: v for k, v in event.extras.items() if k.startswith("reg_")}})
 
     result = Dno(config).run(RunContext(problem, seed, Ledger(query_limit=budget), observe))
     return result, rows
@@ -164,122 +158,7 @@ def curves_table(rows: list[dict], references: dict[str, list[tuple[float, float
     return "\n".join(lines)
 
 
-# ---- 2. reward hacking on an exact density -------------------------------------------------
-
-def mixture(dim: int) -> tuple[GaussianMixture, torch.Tensor]:
-    """The default 2-D mixture, or three modes at radius 4 in `dim` dimensions; and a unit v."""
-    generator = torch.Generator().manual_seed(0)
-    if dim == 2:
-        model = GaussianMixture.default()
-    else:
-        means = torch.randn(3, dim, generator=generator)
-        means = 4 * means / means.norm(dim=1, keepdim=True)
-        model = GaussianMixture(means, torch.tensor([0.6, 1.0, 0.4]), torch.tensor([0.5, 0.3, 0.2]), f"gmm{dim}")
-    v = torch.randn(dim, generator=generator)
-    return model, v / v.norm()
-
-
-def per_step_norm_statistic(noises: dict[str, torch.Tensor]) -> float:
-    """sum_i (||z_i||^2 - D)^2 / (2D) over z_T and the injected z_i: about the number of noises
-    for Gaussian noise (a chi-square-like test of each step's norm, which the penalty lacks)."""
-    z = torch.cat([noises["z_T"][None], noises["z"][:-1]]).flatten(2)[:, 0].double()
-    D = z.shape[1]
-    return float((((z.square().sum(1) - D) ** 2) / (2 * D)).sum())
-
-
-def hacking(args: argparse.Namespace) -> None:
-    summary, traces = [], []
-    for dim in (2, 64):
-        model, v = mixture(dim)
-        problem = Problem(model, Linear(v))
-        with torch.inference_mode():
-            plain = sample_plain(RunContext(problem, 0, Ledger()), range(args.plain), PlainConfig(steps=50, eta=1.0))
-        plain_logp, plain_reward = model.log_density(plain), problem.reward(plain, [""])
-        low = float(plain_logp.min())
-        summary.append({"dim": dim, "lr": "", "gamma": "plain", "penalty_rows": 50 * dim // 4,
-                        "reward_start": float(plain_reward.mean()), "reward_best": float(plain_reward.max()),
-                        "reward_in_range": "", "logp": float(plain_logp.mean()), "logp_min": low,
-                        "penalty_final": "", "norm_statistic": "", "first_out_of_range": ""})
-
-        def logp(event: StepEvent) -> dict:
-            return {"logp": float(model.log_density(event.x)[0])}
-
-        for lr in args.lrs:
-            for gamma in args.gammas:
-                for seed in range(args.seeds):
-                    config = DnoConfig(mode="grad", iterations=args.iterations, lr=lr, gamma=gamma,
-                                       checkpointing=False)  # a 2..64-number state: memory is no issue here
-                    start = time.perf_counter()
-                    result, trace = dno_trace(problem, config, seed, None, logp)
-                    in_range = [r["reward"] for r in trace if r["logp"] >= low]
-                    first_out = next((r["iteration"] for r in trace if r["logp"] < low), None)
-                    traces += [{"dim": dim, "lr": lr, "gamma": gamma, "seed": seed, **r} for r in trace]
-                    summary.append({
-                        "dim": dim, "lr": lr, "gamma": gamma,
-                        "penalty_rows": result.info["optimized_noise_elements"] // 4,
-                        "reward_start": result.info["start_reward"], "reward_best": result.reward,
-                        "reward_in_range": max(in_range, default=float("nan")),
-                        "logp": float(model.log_density(result.sample)[0]), "logp_min": low,
-                        "penalty_final": result.info["penalty_final"],
-                        "norm_statistic": per_step_norm_statistic(result.noises),
-                        "first_out_of_range": "never" if first_out is None else first_out})
-                    print(f"dim {dim:2d} lr {lr:g} gamma {gamma:g} seed {seed}: reward "
-                          f"{result.info['start_reward']:7.2f} -> {result.reward:7.2f}, log p "
-                          f"{summary[-1]['logp']:9.2f} (plain min {low:.2f}), penalty "
-                          f"{result.info['penalty_start']:.2f} -> {result.info['penalty_final']:.2f}, "
-                          f"{time.perf_counter() - start:.0f} s", flush=True)
-    write_csv(summary, RESULTS / "dno_hacking.csv")
-    write_csv(traces, RESULTS / "dno_hacking_trace.csv")
-    plot_hacking(traces, summary, RESULTS / "dno_hacking.png")
-    print(hacking_table(summary))
-
-
-def hacking_table(summary: list[dict]) -> str:
-    lines = ["| dim | penalty rows n | lr | gamma | reward start | reward best | best reward in range | "
-             "log p(x) of best | plain log p min | penalty final | per-step norm stat | first iterate out of range |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for dim, lr, gamma in dict.fromkeys((r["dim"], r["lr"], r["gamma"]) for r in summary):
-        rows = [r for r in summary if (r["dim"], r["lr"], r["gamma"]) == (dim, lr, gamma)]
-        if gamma == "plain":
-            r = rows[0]
-            lines.append(f"| {dim} | {r['penalty_rows']} | plain samples (eta=1) | | mean {r['reward_start']:.2f} | "
-                         f"max {r['reward_best']:.2f} | | mean {r['logp']:.2f} | {r['logp_min']:.2f} | | | |")
-            continue
-        mean = lambda key: sum(r[key] for r in rows) / len(rows)  # noqa: E731
-        lines.append(f"| {dim} | {rows[0]['penalty_rows']} | {lr:g} | {gamma:g} | {mean('reward_start'):.2f} | "
-                     f"{mean('reward_best'):.2f} | {mean('reward_in_range'):.2f} | {mean('logp'):.1f} | "
-                     f"{rows[0]['logp_min']:.2f} | {mean('penalty_final'):.2f} | {mean('norm_statistic'):.0f} | "
-                     f"{', '.join(str(r['first_out_of_range']) for r in rows)} |")
-    return "\n".join(lines)
-
-
-def plot_hacking(traces: list[dict], summary: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    dims = list(dict.fromkeys(r["dim"] for r in traces))
-    figure, axes = plt.subplots(len(dims), 2, figsize=(12, 3.8 * len(dims)), squeeze=False)
-    for (ax_reward, ax_logp), dim in zip(axes, dims):
-        for lr, gamma in dict.fromkeys((r["lr"], r["gamma"]) for r in traces if r["dim"] == dim):
-            rows = [r for r in traces if (r["dim"], r["lr"], r["gamma"], r["seed"]) == (dim, lr, gamma, 0)]
-            label = f"lr={lr:g} gamma={gamma:g}"
-            ax_reward.plot([r["iteration"] for r in rows], [r["reward"] for r in rows], label=label)
-            ax_logp.plot([r["iteration"] for r in rows], [r["logp"] for r in rows], label=label)
-        low = next(r["logp_min"] for r in summary if r["dim"] == dim)
-        ax_logp.axhline(low, color="k", linestyle="--", label="plain samples' min")
-        ax_logp.set_yscale("symlog")
-        ax_reward.set_ylabel(f"{dim}-D mixture\nreward x.v (seed 0)")
-        ax_logp.set_ylabel("exact log p(x)")
-        for ax in (ax_reward, ax_logp):
-            ax.set_xlabel("iteration")
-        ax_logp.legend(fontsize=7)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-
-
-# ---- 3. memory -----------------------------------------------------------------------------
+# ---- 2. memory -----------------------------------------------------------------------------
 
 def memory(args: argparse.Namespace) -> None:
     probe = Path(__file__).parent / "dno_memory_probe.py"
@@ -303,16 +182,12 @@ def memory(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("part", choices=["curves", "hacking", "memory"])
+    parser.add_argument("part", choices=["curves", "memory"])
     parser.add_argument("--budget", type=int, default=200, help="curves: reward queries per run")
     parser.add_argument("--steps", type=int, default=50, help="curves: sampler steps")
     parser.add_argument("--q", type=int, default=8, help="curves: perturbations per zo / hybrid step")
     parser.add_argument("--lr", type=float, default=0.01, help="curves: Adam step size")
-    parser.add_argument("--lrs", type=float, nargs="+", default=[0.05, 0.01], help="hacking: Adam step sizes")
     parser.add_argument("--seeds", type=int, default=2, help="seeds per configuration")
-    parser.add_argument("--iterations", type=int, default=100, help="hacking: Adam steps")
-    parser.add_argument("--gammas", type=float, nargs="+", default=[0.0, 1.0, 10.0], help="hacking: penalty weights")
-    parser.add_argument("--plain", type=int, default=512, help="hacking: plain samples for the reference range")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (default 1: the tiny models run 10x+ slower with two on a busy 2-core CPU)")
     args = parser.parse_args()
@@ -320,8 +195,6 @@ def main() -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     if args.part == "curves":
         curves(args)
-    elif args.part == "hacking":
-        hacking(args)
     else:
         memory(args)
 

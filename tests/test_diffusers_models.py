@@ -283,11 +283,11 @@ def test_every_method_runs_on_every_family(family, pipelines, tmp_path_factory):
                (BestOfN(BestOfNConfig(batch_size=1, sampler=PlainConfig(steps=3))), 2), (Demon(demon), 4),
                (Dno(DnoConfig(mode="grad", steps=2, iterations=1)), 2)]
     value = ValueConfig(lookahead=LOOKAHEADS[family], lookahead_steps=2)   # FK, SVDD, beam, path-search
-    methods += [(FeynmanKac(FkConfig(particles=2, steps=3, value=value)), 4),
-                (Svdd(SvddConfig(candidates=2, steps=3, value=value)), 4),
+    methods += [(FeynmanKac(FkConfig(particles=2, steps=2, resample_every=1, value=value)), 4),
+                (Svdd(SvddConfig(candidates=2, steps=2, value=value)), 2),
                 (Beam(BeamConfig(beams=2, candidates=2, steps=2, value=value)), 4),
-                (ZoSearch(ZoSearchConfig(neighbours=2, steps=2)), 3),
-                (PathSearch(PathSearchConfig(paths=2, branches=2, steps=3, value=value)), 4)]
+                (ZoSearch(ZoSearchConfig(neighbours=1, steps=1)), 2),
+                (PathSearch(PathSearchConfig(paths=1, branches=2, steps=2, value=value)), 2)]
     for method, budget in methods:
         outcome = align(problem, method, SEED, budget)
         assert outcome.ledger.reward_queries == budget

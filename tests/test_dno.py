@@ -12,6 +12,8 @@ import pytest
 import torch
 from torch import nn
 
+from noisealign.align import align
+from noisealign.batch import BatchFailed, align_batch
 from noisealign.budget import Ledger
 from noisealign.configs import config_from_dict
 from noisealign.engine import karras_sigmas
@@ -21,9 +23,12 @@ from noisealign.methods.base import Problem, RunContext
 from noisealign.methods.dno import (
     Dno, DnoConfig, generate, injecting_steps, make_optimizer, stack_variables, unstack_variables,
 )
+from noisealign.methods.guidance import Guidance, GuidanceConfig
 from noisealign.methods.dno_regularizer import PENALTY_FLOOR, concentration_log_probs, concentration_penalty
+from noisealign.methods.regularizers import regularizers as dno_regularizers
 from noisealign.methods.plain import PlainConfig, sample_plain
 from noisealign.methods.registry import METHODS
+from noisealign.methods.reno import Reno, RenoConfig
 from noisealign.methods.zo import image_gradient, zo_gradient
 from noisealign.models.base import make_denoiser
 from noisealign.models.gmm import GaussianMixture
@@ -99,6 +104,8 @@ def test_config_round_trips_through_json_and_rejects_bad_values():
         DnoConfig(mode="adam")
     with pytest.raises(NoiseAlignError, match="--q 0: need a finite value above 0"):
         DnoConfig(q=0)
+    with pytest.raises(NoiseAlignError, match="--regularizer 'l2'"):
+        DnoConfig(regularizer="l2")
     with pytest.raises(NoiseAlignError, match="unknown DnoConfig option"):
         config_from_dict(DnoConfig, {"steps": 5, "K": 3})
 
@@ -111,9 +118,9 @@ def test_registry_entry_uses_dno_defaults_and_flags():
     assert (config.steps, config.eta, config.mode, config.checkpointing) == (50, 1.0, "auto", True)
     config = entry.build(parser.parse_args(
         "--steps 9 --eta 0.5 --dno-mode zo --lr 0.1 --iterations 4 --gamma 2 --q 3 --mu 0.1 "
-        "--grad-clip 2 --no-checkpointing --micro-batch 2".split())).config
+        "--grad-clip 2 --no-checkpointing --micro-batch 2 --regularizer chi-norm".split())).config
     assert config == DnoConfig(mode="zo", steps=9, eta=0.5, lr=0.1, iterations=4, gamma=2.0, q=3, mu=0.1,
-                               grad_clip=2.0, checkpointing=False, micro_batch=2)
+                               grad_clip=2.0, checkpointing=False, micro_batch=2, regularizer="chi-norm")
 
 
 # ---- gradients through the sampler --------------------------------------------------------
@@ -208,18 +215,30 @@ def test_penalty_averages_over_permutations_and_is_differentiable():
     assert x.grad.abs().sum() > 0
 
 
-def test_at_gamma_zero_the_penalty_is_computed_for_the_start_and_the_result_only(monkeypatch):
+def test_every_regularizer_is_reported_unweighted_whatever_is_selected_and_gamma():
+    keys = ("reg_concentration", "reg_chi_norm", "reg_moments")
+    for regularizer, gamma in [("concentration", 0.0), ("chi-norm", 1.0), ("moments", 5.0)]:
+        seen = []
+        result, _, _ = run(TinyConv(), brightness(), iterations=3, steps=6, gamma=gamma, regularizer=regularizer,
+                           observer=seen.append)
+        assert result.info["regularizer"] == regularizer
+        assert all(set(keys) <= set(event.extras) for event in seen)
+        assert all(f"{key}_{when}" in result.info for key in keys for when in ("start", "final", "last"))
+        assert result.info["reg_concentration_start"] >= PENALTY_FLOOR - 1e-9
+        assert ["grad_norm" in event.extras for event in seen] == [True, True, True, False]
+
+
+def test_the_selected_regularizer_is_the_one_gamma_weighs(monkeypatch):
     calls = []
-    monkeypatch.setattr(dno, "concentration_penalty", lambda *args, **kwargs: calls.append(1)
-                        or concentration_penalty(*args, **kwargs))
-    seen = []
-    result, _, _ = run(TinyConv(), brightness(), iterations=3, steps=6, gamma=0.0, observer=seen.append)
-    assert len(calls) == 3 and not any("penalty" in event.extras for event in seen)   # start, final, last
-    assert all(result.info[k] >= PENALTY_FLOOR - 1e-9 for k in ("penalty_start", "penalty_final", "penalty_last"))
-    seen.clear()
-    run(TinyConv(), brightness(), iterations=3, steps=6, gamma=1.0, observer=seen.append)
-    assert all("penalty" in event.extras for event in seen)
-    assert ["grad_norm" in event.extras for event in seen] == [True, True, True, False]
+    monkeypatch.setattr(dno, "regularizers", lambda permutations: {
+        name: (lambda noise, fn=fn, name=name: calls.append((name, noise.requires_grad)) or fn(noise))
+        for name, fn in dno_regularizers(permutations).items()})
+    run(TinyConv(), brightness(), iterations=2, steps=6, gamma=1.0, regularizer="chi-norm")
+    differentiated = {name for name, grad in calls if grad}
+    assert differentiated == {"chi-norm"}
+    outputs = {r: run(TinyConv(), brightness(), iterations=4, steps=6, gamma=50.0, lr=0.1, regularizer=r)[0].output
+               for r in ("chi-norm", "moments")}
+    assert not torch.equal(outputs["chi-norm"], outputs["moments"])
 
 
 def test_penalty_gaussian_sits_at_its_floor_and_1_05_scaled_far_above():
@@ -411,5 +430,43 @@ def test_grad_mode_raises_a_reward_on_the_exact_gmm():
     model = GaussianMixture.default()
     result, ledger, _ = run(model, Linear(torch.tensor([1.0, 1.0])), iterations=10, steps=20, lr=0.05)
     assert result.reward > result.info["start_reward"] + 1.0
-    assert result.info["penalty_start"] >= PENALTY_FLOOR - 1e-9
+    assert result.info["reg_concentration_start"] >= PENALTY_FLOOR - 1e-9
     assert ledger.nfe == 20 * (11 + 10 + 1)  # 11 forwards, 10 recomputations, 1 regeneration
+
+
+# ---- seeds as one batch (dno, reno, guidance) ------------------------------------------------
+
+BATCHED = {
+    "dno": lambda: Dno(DnoConfig(steps=8, iterations=4, gamma=1.0, regularizer="moments")),
+    "dno-hybrid": lambda: Dno(DnoConfig(steps=8, iterations=2, mode="hybrid", q=3, gamma=1.0)),
+    "reno": lambda: Reno(RenoConfig(steps=8, iterations=4, lr=0.5)),
+    "guidance": lambda: Guidance(GuidanceConfig(steps=8, recurrence=2, scale=2.0)),
+}
+
+
+@pytest.mark.parametrize("name", list(BATCHED))
+def test_align_batch_is_bit_identical_to_one_seed_at_a_time_on_cpu(name):
+    """On the gmm, whose kernels compute each row alike at any batch size (docs/gradient_methods.md)."""
+    problem = Problem(GaussianMixture.spread(8), Linear(torch.linspace(-1, 1, 8)))
+    seeds, budget = [3, 4, 5], 40
+    batched = align_batch(problem, BATCHED[name](), seeds, budget)
+    for seed, outcome in zip(seeds, batched):
+        alone = align(problem, BATCHED[name](), seed, budget)
+        assert torch.equal(outcome.result.output, alone.result.output) and outcome.final_reward == alone.final_reward
+        assert all(torch.equal(outcome.result.noises[k], alone.result.noises[k]) for k in alone.result.noises)
+        assert outcome.result.info == alone.result.info
+        counts = lambda ledger: (ledger.reward_queries, ledger.nfe, ledger.denoiser_calls)  # noqa: E731
+        assert counts(outcome.ledger) == counts(alone.ledger)
+
+
+def test_a_batch_stopped_by_its_reward_keeps_every_seeds_best_so_far():
+    seen = [[], [], []]
+    problem = Problem(TinyConv(), Scripted([0.0, 0.0, 5.0, 0.0], fails_at=4))   # one call scores all 3 seeds
+    with pytest.raises(BatchFailed) as stopped:
+        align_batch(problem, Dno(DnoConfig(steps=5, iterations=5)), [0, 1, 2], None, [s.append for s in seen])
+    kept = stopped.value.outcomes
+    assert [o.status for o in kept] == ["failed"] * 3 and [len(s) for s in seen] == [4, 4, 4]
+    for seed, outcome in enumerate(kept):
+        assert outcome.result.info["best_iteration"] == 2 and outcome.result.reward == float(seen[seed][2].rewards)
+        again = Dno(DnoConfig(steps=5)).regenerate(RunContext(problem, seed, Ledger()), outcome.result.noises)
+        assert torch.equal(again.output, outcome.result.output)

@@ -174,17 +174,18 @@ def execute(run: PreparedRun, progress: ProgressFactory | None = None) -> RunRep
                 if primary:
                     folder.save_output(seeds[-1].baseline.result.output, "baseline")
                     record["baseline_reward"] = seeds[-1].baseline.final_reward
+                    record.update(_sample_report(run.problem.model, seeds[-1].baseline, "baseline_"))
                 observer = _chain(trace.record if primary else None, progress(seed) if progress else None)
                 aligning = seeds[-1]
                 aligning.aligned = align(run.problem, run.method, seed, request.budget, observer)
                 aligning = None
                 if primary:
-                    _write_primary(folder, record, seeds[0].aligned, trace)
+                    _write_primary(folder, record, seeds[0].aligned, trace, run.problem.model)
         except (KeyboardInterrupt, NoiseAlignError) as stop:
             if aligning is not None:
                 aligning.aligned = getattr(stop, "outcome", None)
                 if aligning is seeds[0] and aligning.aligned is not None:   # keep its best so far
-                    _write_primary(folder, record, aligning.aligned, trace)
+                    _write_primary(folder, record, aligning.aligned, trace, run.problem.model)
             _write_stopped(folder, record, seeds, trace, stop)
             if not isinstance(stop, (RunInterrupted, RunFailed)):   # stopped outside align (a baseline, a write)
                 stop = (RunFailed(str(stop), None) if isinstance(stop, NoiseAlignError)
@@ -206,19 +207,29 @@ def _record_head(run: PreparedRun, path: Path) -> dict[str, Any]:
     return record_head(r.method, r.model, r.prompt, r.reward_spec, r.seed, r.budget, run.config)
 
 
-def _write_primary(folder: RunFolder, record: dict[str, Any], outcome: Outcome, trace: Trace) -> None:
+def _write_primary(folder: RunFolder, record: dict[str, Any], outcome: Outcome, trace: Trace,
+                   model: DiffusionModel) -> None:
     """The primary seed's sample, noise, trace and counters into the folder and the record."""
     result = outcome.result
     if result is not None:
         folder.save_output(result.output, "image")
         if result.noises:
             folder.save_noises(result.noises)
-        record.update(method_reward=result.reward, **result.info)
+        record.update(method_reward=result.reward, **result.info, **_sample_report(model, outcome))
     record.update(final_reward=outcome.final_reward, reward_queries=outcome.ledger.reward_queries,
                   nfe=outcome.ledger.nfe, network_evaluations=outcome.ledger.network_evaluations,
                   seconds=round(outcome.seconds, 3))
     folder.write_trace(trace)
     folder.write_result(record)
+
+
+def _sample_report(model: DiffusionModel, outcome: Outcome, prefix: str = "") -> dict[str, Any]:
+    """The model's own measures of an outcome's sample, when it has the optional hook
+    `sample_report(sample) -> dict` (the gmm: its exact `log_density`); keys get `prefix`."""
+    report = getattr(model, "sample_report", None)
+    if report is None or outcome.result is None:
+        return {}
+    return {prefix + key: value for key, value in report(outcome.result.sample).items()}
 
 
 def _write_stopped(folder: RunFolder, record: dict[str, Any], seeds: list[SeedRecord], trace: Trace,

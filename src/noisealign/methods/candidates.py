@@ -17,15 +17,16 @@ most `candidate_batch` candidates (a memory bound); every value is one reward qu
 run's ledger.
 
 Demon's step is this at P = 1 with NoisyStep("beta-sde", beta): `DemonSession.propose()` is
-`candidate_noises` + `propose` + `CandidateValues` (its own look-ahead factory becomes
-`clean_estimator`), and `choose()` combines the K noises into z* instead of keeping one.
+`candidate_noises` + `propose` + `CandidateValues.outputs` (its look-ahead factory becomes
+`clean_estimator`), `Demon.run` scores them with `CandidateValues`, and `choose()` combines the
+K noises into z* where the methods here keep one.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import partial
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 from torch import Tensor
@@ -136,10 +137,12 @@ class CandidateValues:
         self.context, self.batch = context, config.candidate_batch
         self.estimate = clean_estimator(context, config.lookahead, config.lookahead_steps)
 
+    def outputs(self, x: Tensor, sigma: float) -> Iterator[Tensor]:
+        """decode(c(x, sigma)) of states x (B, *shape), chunk by chunk; no query (a person may judge them)."""
+        for chunk in x.split(self.batch):
+            yield self.context.model.decode(chunk if sigma == 0 else self.estimate(chunk, sigma))
+
     def __call__(self, x: Tensor, sigma: float) -> Tensor:
         """Values (B,) in float64 on the CPU of states x (B, *shape) at noise level sigma."""
-        values = []
-        for chunk in x.split(self.batch):
-            clean = chunk if sigma == 0 else self.estimate(chunk, sigma)
-            values.append(self.context.score(self.context.model.decode(clean)).detach().to("cpu", torch.float64))
-        return torch.cat(values)
+        return torch.cat([self.context.score(output).detach().to("cpu", torch.float64)
+                          for output in self.outputs(x, sigma)])

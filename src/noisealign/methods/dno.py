@@ -2,25 +2,35 @@
 
 A stochastic sampler is a deterministic map from its noises to a sample. With DDIM-eta
 (`engine.sample_ancestral`), x_T = prior_std(sigma_0) z_T and step i injects sigma_up,i z_i,
-so the decoded output is x = decode(sample(z_T, z_1 ... z_n)). DNO maximizes
+so the decoded output is x = decode(sample(z_T, z_1 ... z_n)). DNO solves
 
-    r(x(z)) - gamma * reg(z)
+    max_z  r(x(z)) - gamma * reg(z)
 
-over z with Adam, starting from the seed's own noises: iteration 0 is the seed's sample from
-this DDIM-eta sampler (`plain` with DNO's steps and eta; DDPM at eta = 1), not from the model's
-default sampler that a run's `baseline_reward` scores; its reward is `start_reward`. The best
-iterate is kept (`RunContext.keep`) as soon as it is scored, so a run stopped early has it.
-The gradient of r comes from one of three estimators (`mode`):
+    z^0 = the seed's noises                  (iteration 0 is `plain --steps S --eta E`)
+    for t = 0 .. T - 1:
+        g^t     = grad_z [r(x(z^t)) - gamma reg(z^t)]     (estimated by `mode`)
+        g^t     <- g^t min(1, c / ||g^t||)                (gradient clipping, c = grad_clip)
+        z^{t+1} = Adam(z^t, g^t, lr)                      (no weight decay)
+    return the z^t of the best reward seen (kept as soon as it is scored)
+
+Key: r the reward, reg the `--regularizer` (`regularizers`: concentration, chi-norm, moments),
+gamma its weight, T the Adam steps (`iterations`, or what the budget pays). Iteration 0 is this
+sampler's sample, not the model's default sampler that a run's `baseline_reward` scores; its
+reward is `start_reward`. The gradient of r comes from one of three estimators (`mode`):
 
 - grad:   back-propagation through reward, decoder and every sampler step (section 4.1).
 - zo:     ZO-SGD in noise space from q perturbed samples (section 4.3), no backward at all.
 - hybrid: image-space direction from q perturbed samples, back-propagated through decoder
           and sampler (section 4.3, the paper's best for non-differentiable rewards).
 
-reg is the concentration-bound penalty of `dno_regularizer`; its gradient is always exact. At
-gamma = 0 it is not computed per iteration (only at the start and for the result).
+reg's gradient is always exact. Every regularizer of the family is reported unweighted, per
+iteration (`reg_<name>` in the trace) and for the start, the kept and the last noise.
 
-Cost accounting (the run's Ledger):
+The loop is written for a batch of seeds (`run_batch`, row b = seed b, each with its own
+optimizer state, clipping and best iterate); a run of one seed is a batch of one. ReNO
+(`reno.Reno`) is this loop with the initial noise only, its regularizer, optimizer and steps.
+
+Cost accounting (each seed's Ledger):
 - Iterations are Adam steps. z_0 ... z_T are each scored once (T + 1 queries); zo and hybrid
   add q perturbed samples per step: a budget B pays T = (B - 1) // cost steps, cost = 1 or q + 1.
 - nfe counts every forward evaluation of the denoiser, including the recomputation that
@@ -36,7 +46,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -48,7 +58,8 @@ from ..errors import NoiseAlignError
 from ..models.base import DiffusionModel
 from ..options import check, is_finite, option, shared
 from .base import MethodResult, Problem, RunContext, StepEvent
-from .dno_regularizer import concentration_penalty
+from .regularizers import NAMES, regularizers
+from .seed_batch import SeedBatch
 from .zo import image_gradient, zo_gradient
 
 MODES = ("auto", "grad", "zo", "hybrid")
@@ -63,11 +74,10 @@ class DnoConfig:
     mode: "grad" | "zo" | "hybrid" | "auto" (grad for differentiable rewards, else hybrid).
     steps, eta: the DDIM-eta sampler whose noises are optimized (50 steps, eta = 1: DDPM).
     lr: Adam's step size (no weight decay). iterations: Adam steps (None: what the budget pays).
-    gamma: weight of the probability regularization (0: none). Its gradient is zero while the
-        noise looks Gaussian, so 1 costs little (digit:3, 100 steps: -1% reward) and stops the
-        noise's gross drift; set it against the reward's scale.
-    permutations: random reorderings the penalty averages over (besides the original order).
-    grad_clip: max norm of the gradient over all optimized noise.
+    gamma: weight of the regularizer (0: none); set it against the reward's scale.
+    regularizer: which one gamma weighs (all are reported); see `regularizers`.
+    permutations: random reorderings the concentration penalty averages over.
+    grad_clip: max norm of the gradient over all optimized noise of a sample.
     q, mu: perturbations per step and their scale (zo and hybrid).
     checkpointing: recompute each denoiser call and the decode in the backward pass.
     micro_batch: perturbed samples run together (zo and hybrid).
@@ -79,8 +89,9 @@ class DnoConfig:
     eta: float = shared("eta", 1.0)
     lr: float = option(1e-2, "Adam step size")
     iterations: int | None = option(None, "Adam steps (None: as many as --budget pays)")
-    gamma: float = option(1.0, "weight of the probability regularization (0: none)")
-    permutations: int = option(16, "random reorderings the penalty averages over")
+    gamma: float = option(1.0, "weight of the regularizer (0: none)")
+    regularizer: str = option("moments", "the regularizer gamma weighs (every one is reported)", choices=NAMES)
+    permutations: int = option(16, "random reorderings the concentration penalty averages over")
     grad_clip: float = option(1.0, "max gradient norm over all optimized noise")
     q: int = option(16, "zo / hybrid: perturbations per step")
     mu: float = option(0.01, "zo / hybrid: perturbation scale")
@@ -89,15 +100,20 @@ class DnoConfig:
     micro_batch: int = option(16, "zo / hybrid: perturbed samples run together")
 
     def __post_init__(self) -> None:
-        positive = {"steps": self.steps, "lr": self.lr, "grad_clip": self.grad_clip, "q": self.q,
-                    "mu": self.mu, "micro_batch": self.micro_batch}
-        positive.update({} if self.iterations is None else {"iterations": self.iterations})
-        non_negative = {"eta": self.eta, "gamma": self.gamma, "permutations": self.permutations}
         check([(self.mode not in MODES, f"--dno-mode {self.mode!r}: choose {', '.join(MODES)}")]
-              + [(not (is_finite(v) and v > 0), f"--{k.replace('_', '-')} {v}: need a finite value above 0")
-                 for k, v in positive.items()]
-              + [(not (is_finite(v) and v >= 0), f"--{k.replace('_', '-')} {v}: need a finite value >= 0")
-                 for k, v in non_negative.items()], "dno")
+              + optimizer_problems(self, {"q": self.q, "mu": self.mu, "micro_batch": self.micro_batch}), "dno")
+
+
+def optimizer_problems(config: Any, positive: dict[str, Any]) -> list[tuple[bool, str]]:
+    """The range checks DNO's and ReNO's configs share, plus `positive` options of their own."""
+    positive = {"lr": config.lr, "grad_clip": config.grad_clip, **positive}
+    positive.update({k: getattr(config, k) for k in ("steps", "iterations") if getattr(config, k) is not None})
+    non_negative = {"eta": config.eta, "gamma": config.gamma, "permutations": config.permutations}
+    return ([(config.regularizer not in NAMES, f"--regularizer {config.regularizer!r}: choose {', '.join(NAMES)}")]
+            + [(not (is_finite(v) and v > 0), f"--{k.replace('_', '-')} {v}: need a finite value above 0")
+               for k, v in positive.items()]
+            + [(not (is_finite(v) and v >= 0), f"--{k.replace('_', '-')} {v}: need a finite value >= 0")
+               for k, v in non_negative.items()])
 
 
 # ---- the noise-to-output map and its variables ---------------------------------------------
@@ -116,7 +132,7 @@ def stack_variables(z_T: Tensor, z: Tensor, active: list[int]) -> Tensor:
 
 def unstack_variables(variables: Tensor, z: Tensor, active: list[int]) -> tuple[Tensor, list[Tensor]]:
     """(z_T, per-step noises) with the optimized ones taken from `variables`, the rest from `z`
-    (broadcast over the batch of `variables`)."""
+    (its rows, or its one row broadcast over the batch of `variables`)."""
     batch = variables.shape[1]
     noises = [z[i].expand(batch, *z.shape[2:]) for i in range(len(z))]
     for k, i in enumerate(active):
@@ -134,13 +150,13 @@ def generate(denoiser: Callable[[Tensor, float], Tensor], model: DiffusionModel,
     """
     decode = model.decode
     if checkpointing and torch.is_grad_enabled():
-        denoiser, decode = _checkpointed(denoiser), _checkpointed(decode)
+        denoiser, decode = checkpointed(denoiser), checkpointed(decode)
     x = model.prior_std(float(sigmas[0])) * z_T
     sample = sample_ancestral(denoiser, x, sigmas, noises, eta)
     return sample, decode(sample)
 
 
-def _checkpointed(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
+def checkpointed(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
     """fn recomputed in the backward pass. The RNG state is saved and restored around the
     recomputation (checkpoint's default), so a denoiser or decoder that draws random numbers is
     recomputed exactly; on CPU that costs microseconds per call (get_rng_state about 5 us)."""
@@ -149,24 +165,38 @@ def _checkpointed(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
     return call
 
 
-def make_optimizer(variables: Tensor, lr: float) -> torch.optim.Adam:
+def make_optimizer(variables: Tensor | list[Tensor], lr: float) -> torch.optim.Adam:
     """Adam with weight decay 0: the official code's AdamW keeps its 0.01 default (a misspelt
     key), which pulls the noise toward zero, i.e. out of the Gaussian's typical set."""
-    return torch.optim.Adam([variables], lr=lr, weight_decay=0.0)
+    return torch.optim.Adam(variables if isinstance(variables, list) else [variables], lr=lr, weight_decay=0.0)
 
 
-def sample_from_noises(denoiser: Callable[[Tensor, float], Tensor], model: DiffusionModel,
-                      config: DnoConfig, noises: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+def sample_from_noises(denoiser: Callable[[Tensor, float], Tensor], model: DiffusionModel, steps: int,
+                       eta: float, noises: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
     """(sample, output) from saved noises {"z_T": (1, *shape), "z": (steps, 1, *shape)}, no gradient."""
-    sigmas = model.sigmas(config.steps)
     z_T, z = noises.get("z_T"), noises.get("z")
     shape = tuple(model.sample_shape)
-    if z_T is None or z is None or tuple(z_T.shape) != (1, *shape) or tuple(z.shape) != (config.steps, 1, *shape):
-        raise NoiseAlignError(f"saved noises do not fit {config.steps} steps of a {shape} state; "
+    if z_T is None or z is None or tuple(z_T.shape) != (1, *shape) or tuple(z.shape) != (steps, 1, *shape):
+        raise NoiseAlignError(f"saved noises do not fit {steps} steps of a {shape} state; "
                               "regenerate with the model and config of the run that saved them")
     device = getattr(model, "device", torch.device("cpu"))
     with torch.inference_mode():
-        return generate(denoiser, model, sigmas, config.eta, z_T.to(device), list(z.to(device)))
+        return generate(denoiser, model, model.sigmas(steps), eta, z_T.to(device), list(z.to(device)))
+
+
+def regularizer_report(noise: Tensor, permutations: int, known: dict[str, Tensor] | None = None) -> dict[str, float]:
+    """Every regularizer's value on one sample's noises (n, *shape), unweighted, under the trace
+    names reg_<name>; `known` values are taken as they are. NaN (null in result.json) where
+    undefined (concentration below 4 elements)."""
+    known = known or {}
+    with torch.no_grad():
+        return {report_key(name): float(known[name]) if name in known else
+                float(fn(noise)) if name != "concentration" or noise.numel() >= 4 else math.nan
+                for name, fn in regularizers(permutations).items()}
+
+
+def report_key(name: str) -> str:
+    return "reg_" + name.replace("-", "_")
 
 
 # ---- the method ----------------------------------------------------------------------------
@@ -181,108 +211,154 @@ class Best:
 
 
 class Dno:
-    """Optimize the noises of one sample; keep the best-reward iterate and its noises."""
+    """Optimize the noises of one sample per seed; keep each seed's best-reward iterate and its noises."""
 
     name = "dno"
 
     def __init__(self, config: DnoConfig = DnoConfig()):
         self.config = config
 
+    # -- what DNO and ReNO choose differently --------------------------------------------
+
+    def resolve_mode(self, reward: Any) -> str:
+        return resolve_mode(self.config.mode, reward)
+
+    def sampler_steps(self, model: DiffusionModel) -> int:
+        return self.config.steps
+
+    def optimized_steps(self, sigmas: Tensor) -> list[int]:
+        """The steps whose noise is optimized besides z_T: every one that injects noise."""
+        return injecting_steps(sigmas, self.config.eta)
+
+    def make_optimizer(self, variables: list[Tensor]) -> torch.optim.Optimizer:
+        return make_optimizer(variables, self.config.lr)
+
+    # -- the run ---------------------------------------------------------------------------
+
     def plan(self, problem: Problem, budget: int | None) -> "Dno":
-        """Checked to run: the reward fits the mode and the budget pays at least one Adam step."""
-        mode = resolve_mode(self.config.mode, problem.reward)
-        plan_iterations(self.config.iterations, math.inf if budget is None else budget,
-                        1 if mode == "grad" else self.config.q + 1)
+        """Checked to run: the reward fits the mode, the budget pays at least one step, and the
+        regularizer is defined on the optimized noise."""
+        mode = self.resolve_mode(problem.reward)
+        plan_iterations(self.config.iterations, math.inf if budget is None else budget, self.cost(mode), self.name)
+        if self.config.regularizer == "concentration":
+            sigmas = problem.model.sigmas(self.sampler_steps(problem.model))
+            elements = (1 + len(self.optimized_steps(sigmas))) * math.prod(problem.model.sample_shape)
+            if elements < 4:
+                raise NoiseAlignError(f"the concentration regularizer needs at least 4 optimized noise elements, "
+                                      f"got {elements}; use --regularizer chi-norm or moments")
         return self
 
-    def run(self, context: RunContext) -> MethodResult:
-        config, model = self.config, context.model
-        mode = resolve_mode(config.mode, context.problem.reward)
-        cost = 1 if mode == "grad" else config.q + 1
-        iterations = plan_iterations(config.iterations, context.ledger.queries_left, cost)
-        sigmas = model.sigmas(config.steps)
-        streams = context.noise_streams([0])
-        z_T = streams.draw()                                                   # (1, *shape)
-        z = torch.stack([streams.draw() for _ in range(config.steps)])         # (steps, 1, *shape)
-        active = injecting_steps(sigmas, config.eta)
-        variables = stack_variables(z_T, z, active).clone().requires_grad_(True)
-        optimizer = make_optimizer(variables, config.lr)
-        perturbations = sample_generator(context.seed, PERTURBATION_STREAM)
-        info = {"mode": mode, "iterations": iterations, "queries_per_iteration": cost,
-                "optimized_noise_elements": variables.numel(), "penalty_start": float(self.penalty(variables.detach()))}
+    def cost(self, mode: str) -> int:
+        """Reward queries per Adam step."""
+        return 1 if mode == "grad" else self.config.q + 1
 
-        best: Best | None = None
+    def run(self, context: RunContext) -> MethodResult:
+        return self.run_batch([context])[0]
+
+    def run_batch(self, contexts: Sequence[RunContext]) -> list[MethodResult]:
+        """Optimize each seed's noises, all seeds as one batch; one result per context."""
+        config, batch = self.config, SeedBatch(contexts)
+        model, B = batch.model, len(batch)
+        mode = self.resolve_mode(batch.problem.reward)
+        iterations = plan_iterations(config.iterations, batch.queries_left, self.cost(mode), self.name)
+        steps = self.sampler_steps(model)
+        sigmas = model.sigmas(steps)
+        streams = batch.streams()
+        z_T = streams.draw()                                                   # (B, *shape)
+        z = torch.stack([streams.draw() for _ in range(steps)])                # (steps, B, *shape)
+        active = self.optimized_steps(sigmas)
+        variables = [stack_variables(z_T[b:b + 1], z[:, b:b + 1], active).clone().requires_grad_(True)
+                     for b in range(B)]                                        # each (1 + k, 1, *shape)
+        optimizer = self.make_optimizer(variables)
+        regularize = regularizers(config.permutations)[config.regularizer]
+        perturbations = [sample_generator(c.seed, PERTURBATION_STREAM) for c in contexts]
+        infos = [{"mode": mode, "iterations": iterations, "queries_per_iteration": self.cost(mode),
+                  "optimized_noise_elements": v.numel(), "regularizer": config.regularizer,
+                  **suffixed(regularizer_report(v.detach()[:, 0], config.permutations), "_start")}
+                 for v in variables]
+        bests: list[Best | None] = [None] * B
+
         for t in range(iterations + 1):
             last = t == iterations
             optimizer.zero_grad()
             with torch.set_grad_enabled(not last and mode != "zo"):
-                sample, output = generate(context.denoiser, model, sigmas, config.eta,
-                                          *unstack_variables(variables, z, active), config.checkpointing)
-                reward = context.score(output if mode == "grad" else output.detach())  # (1,)
-            value = float(reward.detach())
-            if t == 0:
-                info["start_reward"] = value
-            if best is None or value > best.reward:
-                best = Best(value, variables.detach().clone(), t)
-                context.keep(partial(self._result, context, z, active, best, info))
-            extras = {"best_reward": best.reward}
-            reg = None
-            if config.gamma > 0:                                   # at gamma 0 reg has no effect: skipped
-                with torch.set_grad_enabled(not last):
-                    reg = self.penalty(variables)
-                extras["penalty"] = float(reg.detach())
+                sample, output = generate(batch.denoiser, model, sigmas, config.eta,
+                                          *unstack_variables(torch.cat(variables, dim=1), z, active),
+                                          config.checkpointing)
+                reward = batch.score(output if mode == "grad" else output.detach())   # (B,)
+            penalties = [regularize(v[:, 0]) for v in variables] if config.gamma > 0 and not last else None
+            extras = []
+            for b, context in enumerate(contexts):
+                value = float(reward[b].detach())
+                if t == 0:
+                    infos[b]["start_reward"] = value
+                if bests[b] is None or value > bests[b].reward:
+                    bests[b] = Best(value, variables[b].detach().clone(), t)
+                    context.keep(partial(self._result, context, z[:, b:b + 1], active, bests[b], infos[b]))
+                known = {} if penalties is None else {config.regularizer: penalties[b]}
+                extras.append({"best_reward": bests[b].reward,
+                               **regularizer_report(variables[b].detach()[:, 0], config.permutations, known)})
             if not last:
-                loss = self._surrogate(mode, context, sigmas, variables, z, active, reward, output, perturbations)
-                (loss if reg is None else loss + config.gamma * reg).backward()
-                extras["grad_norm"] = float(torch.nn.utils.clip_grad_norm_([variables], config.grad_clip))
+                loss = self._surrogate(mode, batch, sigmas, variables, z, active, reward, output, perturbations)
+                if penalties is not None:
+                    loss = loss + config.gamma * sum(penalties)
+                loss.backward()
+                for b, v in enumerate(variables):
+                    extras[b]["grad_norm"] = float(torch.nn.utils.clip_grad_norm_([v], config.grad_clip))
                 optimizer.step()
-            context.observe(StepEvent(step=t, x=sample.detach(), rewards=reward.detach(), extras=extras))
+            for b, context in enumerate(contexts):
+                context.observe(StepEvent(step=t, x=sample[b:b + 1].detach(), rewards=reward[b:b + 1].detach(),
+                                          extras=extras[b]))
 
-        return self._result(context, z, active, best, {**info, "penalty_last": float(self.penalty(variables.detach()))})
+        return [self._result(context, z[:, b:b + 1], active, bests[b], {
+                    **infos[b], **suffixed(regularizer_report(variables[b].detach()[:, 0], config.permutations),
+                                           "_last")})
+                for b, context in enumerate(contexts)]
 
     def regenerate(self, context: RunContext, noises: dict[str, Tensor]) -> MethodResult:
         """The sample of a finished run from its saved noises (noise.pt): bit-identical to the
         run's result on the same device, since it is the same sampler on the same noises."""
-        sample, output = sample_from_noises(context.denoiser, context.model, self.config, noises)
+        sample, output = sample_from_noises(context.denoiser, context.model, self.sampler_steps(context.model),
+                                            self.config.eta, noises)
         return MethodResult(sample=sample, output=output, noises=noises)
-
-    def penalty(self, noise: Tensor) -> Tensor:
-        """reg(z) over the configured orderings; differentiable in `noise`."""
-        return concentration_penalty(noise, permutations=self.config.permutations)
 
     def _result(self, context: RunContext, z: Tensor, active: list[int], best: Best,
                 info: dict[str, Any]) -> MethodResult:
-        """What the run returns with `best` as its best iterate: its noises, and the sample and
-        output regenerated from them as `regenerate` does (steps NFE, no reward query). The end of
-        `run` returns it; until then it is the partial result kept for an early stop."""
+        """What the run returns for one seed with `best` as its best iterate: its noises, and the
+        sample and output regenerated from them as `regenerate` does (steps NFE, no reward query).
+        The end of the run returns it; until then it is the partial result kept for an early stop."""
         z_T, noises = unstack_variables(best.variables, z, active)
         saved = {"z_T": z_T.clone(), "z": torch.stack(noises).clone()}
-        sample, output = sample_from_noises(context.denoiser, context.model, self.config, saved)
-        return MethodResult(sample=sample, output=output, reward=best.reward, noises=saved, info={
-            **info, "best_iteration": best.iteration, "penalty_final": float(self.penalty(best.variables))})
+        regenerated = self.regenerate(context, saved)
+        return MethodResult(sample=regenerated.sample, output=regenerated.output, reward=best.reward, noises=saved,
+                            info={**info, "best_iteration": best.iteration,
+                                  **suffixed(regularizer_report(best.variables[:, 0], self.config.permutations),
+                                             "_final")})
 
-    def _surrogate(self, mode: str, context: RunContext, sigmas: Tensor, variables: Tensor, z: Tensor,
-                   active: list[int], reward: Tensor, output: Tensor, generator: torch.Generator) -> Tensor:
-        """A scalar whose gradient with respect to `variables` is minus the estimated grad of r."""
+    def _surrogate(self, mode: str, batch: SeedBatch, sigmas: Tensor, variables: list[Tensor], z: Tensor,
+                   active: list[int], reward: Tensor, output: Tensor, generators: list[torch.Generator]) -> Tensor:
+        """A scalar whose gradient with respect to each seed's variables is minus its estimated grad of r."""
         if mode == "grad":
             if not reward.requires_grad:
-                raise NoiseAlignError(f"reward {context.problem.reward.name!r} returned no gradient; "
+                raise NoiseAlignError(f"reward {batch.problem.reward.name!r} returned no gradient; "
                                       "use --dno-mode hybrid or zo for non-differentiable rewards")
             return -reward.sum()
-        config = self.config
-        xi = randn((len(variables), config.q, *variables.shape[2:]), generator,
-                   device=variables.device, dtype=variables.dtype)             # (1 + k, q, *shape)
-        rewards, outputs = self._score_perturbed(context, sigmas, variables.detach() + config.mu * xi, z, active)
-        r0 = reward.detach()[0]
-        if mode == "zo":
-            g = zo_gradient(r0, rewards, xi.transpose(0, 1), config.mu)[:, None]   # (1 + k, 1, *shape)
-            return -(g * variables).sum()
-        g = image_gradient(r0, rewards, output.detach(), outputs)
-        return -(g * output).sum()
+        config, total = self.config, output.new_zeros(())
+        for b, (context, v) in enumerate(zip(batch.contexts, variables)):
+            xi = randn((len(v), config.q, *v.shape[2:]), generators[b], device=v.device, dtype=v.dtype)  # (1 + k, q, *shape)
+            rewards, outputs = self._score_perturbed(context, sigmas, v.detach() + config.mu * xi, z[:, b:b + 1], active)
+            r0 = reward.detach()[b]
+            if mode == "zo":
+                g = zo_gradient(r0, rewards, xi.transpose(0, 1), config.mu)[:, None]   # (1 + k, 1, *shape)
+                total = total - (g * v).sum()
+            else:
+                g = image_gradient(r0, rewards, output[b:b + 1].detach(), outputs)
+                total = total - (g * output[b:b + 1]).sum()
+        return total
 
     def _score_perturbed(self, context: RunContext, sigmas: Tensor, perturbed: Tensor, z: Tensor,
                          active: list[int]) -> tuple[Tensor, Tensor]:
-        """Rewards (q,) and outputs (q, ...) of the perturbed noises, run in micro-batches."""
+        """Rewards (q,) and outputs (q, ...) of one seed's perturbed noises, run in micro-batches."""
         rewards, outputs = [], []
         with torch.no_grad():
             for chunk in perturbed.split(self.config.micro_batch, dim=1):
@@ -291,6 +367,10 @@ class Dno:
                 rewards.append(context.score(out))
                 outputs.append(out)
         return torch.cat(rewards), torch.cat(outputs)
+
+
+def suffixed(values: dict[str, float], suffix: str) -> dict[str, float]:
+    return {key + suffix: value for key, value in values.items()}
 
 
 def resolve_mode(mode: str, reward: Any) -> str:
@@ -303,15 +383,15 @@ def resolve_mode(mode: str, reward: Any) -> str:
     return mode
 
 
-def plan_iterations(iterations: int | None, queries_left: int | float, cost: int) -> int:
-    """Adam steps to run: `iterations`, capped by what the budget pays (1 query for z_0, then
+def plan_iterations(iterations: int | None, queries_left: int | float, cost: int, method: str = "dno") -> int:
+    """Optimizer steps to run: `iterations`, capped by what the budget pays (1 query for z_0, then
     `cost` per step). A budget that cannot pay one step is an error."""
     if queries_left == float("inf"):
         if iterations is None:
-            raise NoiseAlignError("dno needs --iterations or --budget to know when to stop")
+            raise NoiseAlignError(f"{method} needs --iterations or --budget to know when to stop")
         return iterations
     affordable = int(queries_left - 1) // cost
     if affordable < 1:
-        raise NoiseAlignError(f"a budget of {int(queries_left)} reward queries cannot pay one DNO step "
+        raise NoiseAlignError(f"a budget of {int(queries_left)} reward queries cannot pay one {method} step "
                               f"(1 + {cost} queries); raise --budget to at least {1 + cost}")
     return affordable if iterations is None else min(iterations, affordable)

@@ -43,7 +43,7 @@ from ..errors import NoiseAlignError
 from ..options import check, is_finite, option, shared
 from .base import MethodResult, Problem, RunContext, StepEvent
 from .candidates import CandidateValues, NoisyStep, ValueConfig, check_lookahead
-from .lineage import Genealogy, replay
+from .lineage import Genealogy, rebuild
 from .resampling import SELECTION_STREAM, categorical, effective_sample_size, systematic
 
 POTENTIALS = ("max", "difference", "sum")
@@ -132,9 +132,11 @@ class Particles:
     memory: Tensor      # the potential's running quantity
     received: Tensor    # sum of log G along each particle's lineage
 
-    def take(self, ancestors: Tensor) -> "Particles":
-        """The resampled system: every field of particle a_i in slot i, weights reset."""
-        return Particles(self.x[ancestors.to(self.x.device)], self.rewards[ancestors], torch.zeros_like(self.log_w),
+    def take(self, ancestors: Tensor, reset: Tensor) -> "Particles":
+        """The resampled system: every field of particle a_i in slot i, the weights of the slots
+        in `reset` (those of the groups that resampled) set to 1."""
+        log_w = torch.where(reset, torch.zeros_like(self.log_w), self.log_w[ancestors])
+        return Particles(self.x[ancestors.to(self.x.device)], self.rewards[ancestors], log_w,
                          self.memory[ancestors], self.received[ancestors])
 
 
@@ -171,7 +173,7 @@ def steer(denoiser: Callable[[Tensor, float], Tensor], sigmas: Tensor, step: Noi
                 offsets = torch.arange(groups)[:, None] * n
                 chosen = systematic(flat(system.log_w), uniform(groups)) + offsets
                 ancestors = torch.where(resampled[:, None], chosen, flat(ancestors)).reshape(-1)
-                system = system.take(ancestors)
+                system = system.take(ancestors, resampled.repeat_interleave(n))
             else:
                 resampled = torch.zeros_like(resampled)
         if on_step is not None:
@@ -267,15 +269,8 @@ class FeynmanKac:
 
     def _result(self, context: RunContext, genealogy: Genealogy, member: int, info: dict) -> MethodResult:
         """Particle `member`'s lineage rebuilt alone, the PF-ODE finishing any step not yet taken."""
-        noises = genealogy.lineage(member)
-        return self._rebuild(context, noises, dict(info, steps_taken=genealogy.steps))
+        return self.regenerate(context, genealogy.lineage(member), dict(info, steps_taken=genealogy.steps))
 
-    def _rebuild(self, context: RunContext, noises: dict[str, Tensor], info: dict | None = None) -> MethodResult:
-        sigmas = context.model.sigmas(self.config.steps)
-        with torch.inference_mode():
-            sample = replay(context, sigmas, NoisyStep("ancestral", self.config.eta), noises)
-            return MethodResult(sample=sample, output=context.model.decode(sample), noises=noises, info=info or {})
-
-    def regenerate(self, context: RunContext, noises: dict[str, Tensor]) -> MethodResult:
-        """The kept particle again from its lineage (noise.pt): the same batch-1 rebuild as the run's."""
-        return self._rebuild(context, noises)
+    def regenerate(self, context: RunContext, noises: dict[str, Tensor], info: dict | None = None) -> MethodResult:
+        """A particle's lineage (noise.pt) rebuilt alone, as the run rebuilt its result."""
+        return rebuild(context, self.config.steps or context.model.default_steps, self.config.eta, noises, info)

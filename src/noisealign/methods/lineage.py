@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from ..engine import sample_ode
-from .base import RunContext
+from .base import MethodResult, RunContext
 from .candidates import NoisyStep
 
 
@@ -58,3 +58,12 @@ def replay(context: RunContext, sigmas: Tensor, step: NoisyStep, noises: dict[st
         sigma, sigma_next = float(sigmas[i]), float(sigmas[i + 1])
         x = step(x, sigma, sigma_next, context.denoiser(x, sigma), z[i])
     return sample_ode(context.denoiser, x, sigmas[len(z):], solver=model.default_solver)
+
+
+def rebuild(context: RunContext, steps: int, eta: float, noises: dict[str, Tensor],
+            info: dict | None = None) -> MethodResult:
+    """The result a lineage of DDIM-eta steps on the model's grid of `steps` points stands for:
+    its replayed sample, decoded, with the noises that rebuild it (what `regenerate` returns)."""
+    with torch.inference_mode():
+        sample = replay(context, context.model.sigmas(steps), NoisyStep("ancestral", eta), noises)
+        return MethodResult(sample=sample, output=context.model.decode(sample), noises=noises, info=info or {})

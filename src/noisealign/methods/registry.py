@@ -14,10 +14,17 @@ from typing import Any
 from ..configs import config_from_dict
 from ..options import add_flags, config_from_namespace, flags_of
 from .base import Method
+from .beam import Beam, BeamConfig
 from .best_of_n import BestOfN, BestOfNConfig
 from .demon import Demon, DemonConfig
 from .dno import Dno, DnoConfig
+from .fk import FeynmanKac, FkConfig
+from .guidance import Guidance, GuidanceConfig
+from .path_search import PathSearch, PathSearchConfig
 from .plain import Plain, PlainConfig
+from .reno import Reno, RenoConfig
+from .svdd import Svdd, SvddConfig
+from .zo_search import ZoSearch, ZoSearchConfig
 
 
 @dataclass(frozen=True)
@@ -47,6 +54,20 @@ METHODS: dict[str, MethodEntry] = {
                                              "floor(budget / K) steps on a grid fitted to the budget"),
     "dno": MethodEntry(Dno, DnoConfig, "optimize every sampler noise by gradient, zo or hybrid estimates "
                                        "(1 or q+1 queries per step)"),
+    "reno": MethodEntry(Reno, RenoConfig, "optimize the initial noise of a few-step model by the reward's gradient "
+                                          "(ReNO; 1 query per step)"),
+    "guidance": MethodEntry(Guidance, GuidanceConfig, "add the reward's gradient at the denoised estimate to every "
+                                                      "sampler step (DPS / universal guidance; steps x recurrences queries)"),
+    "fk": MethodEntry(FeynmanKac, FkConfig, "Feynman-Kac steering: N SDE particles resampled by reward potentials "
+                                            "(N queries per scoring step)"),
+    "svdd": MethodEntry(Svdd, SvddConfig, "soft value-based decoding: keep 1 of M scored candidates per step "
+                                          "(M queries per step)"),
+    "beam": MethodEntry(Beam, BeamConfig, "beam search: W beams x M scored candidates, the W best kept "
+                                          "(W x M queries per step)"),
+    "zo-search": MethodEntry(ZoSearch, ZoSearchConfig, "zero-order search over the initial noise: N neighbours of "
+                                                       "a pivot per round (N queries per round)"),
+    "path-search": MethodEntry(PathSearch, PathSearchConfig, "search over paths: N paths re-noised into M branches, "
+                                                             "the N best kept (N x M queries per round)"),
 }
 
 

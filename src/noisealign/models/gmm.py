@@ -93,3 +93,16 @@ class GaussianMixture:
         components = torch.multinomial(self.weights, n, replacement=True, generator=generator)
         noise = torch.randn(n, self.means.shape[1], generator=generator, dtype=torch.float64)
         return self.means[components] + self.stds[components, None] * noise
+
+    @classmethod
+    def spread(cls, dim: int, radius: float = 4.0, seed: int = 0) -> "GaussianMixture":
+        """The default's three weights and widths, with means at `radius` in random directions of
+        `dim` dimensions (drawn from `seed`): the high-dimensional counterpart of `default`."""
+        means = torch.randn(3, dim, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+        means = radius * means / means.norm(dim=1, keepdim=True)
+        return cls(means, torch.tensor([0.6, 1.0, 0.4]), torch.tensor([0.5, 0.3, 0.2]), name=f"gmm{dim}")
+
+    def sample_report(self, sample: Tensor) -> dict[str, float]:
+        """What a run records about its sample (1, dim) beside the reward: the exact log-density, the
+        in-distribution measure of this toy (an optional model hook, read by `generate`)."""
+        return {"log_density": float(self.log_density(sample)[0])}

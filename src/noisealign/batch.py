@@ -1,0 +1,67 @@
+"""Several seeds of one method as one batch: `align_batch`, the batched `align`.
+
+A method with a batch path (`run_batch`: dno, reno, guidance) runs all seeds' samples as the
+rows of one batch, so a GPU is busy with B samples instead of one. Each seed keeps its own
+ledger, best-so-far and observer, and gets the Outcome `align` would give it; `seconds` is the
+batch's wall time, shared. The outcomes equal those of `align` seed by seed, bit for bit, where
+the model's and the reward's kernels compute each row alike whatever the batch size (the gmm;
+on CPU, convolutions such as the digits model's may differ in the last bits).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from . import stopping
+from .align import FAILED, INTERRUPTED, Outcome, RunFailed, RunInterrupted, _kept, evaluate
+from .budget import Ledger
+from .errors import NoiseAlignError
+from .methods.base import Method, Observer, Problem, RunContext
+
+
+class BatchInterrupted(RunInterrupted):
+    """A batch was interrupted; `outcomes` holds every seed's kept outcome (`outcome`: the first's)."""
+
+    def __init__(self, signum: int, outcomes: list[Outcome]):
+        super().__init__(signum, outcomes[0])
+        self.outcomes = outcomes
+
+
+class BatchFailed(RunFailed):
+    """A batch failed; `outcomes` holds every seed's kept outcome (`outcome`: the first's)."""
+
+    def __init__(self, message: str, outcomes: list[Outcome]):
+        super().__init__(message, outcomes[0])
+        self.outcomes = outcomes
+
+
+def align_batch(problem: Problem, method: Method, seeds: Sequence[int], budget: int | None,
+                observers: Sequence[Observer | None] | None = None) -> list[Outcome]:
+    """`align(problem, method, seed, budget, observer)` for every seed, the seeds as one batch.
+
+    Raises NoiseAlignError before anything runs if the method has no batch path or cannot run
+    (`Method.plan`); BatchInterrupted / BatchFailed with each seed's kept outcome if it stops.
+    """
+    method = method.plan(problem, budget)
+    if not hasattr(method, "run_batch"):
+        raise NoiseAlignError(f"method {method.name} has no batch path; run its seeds one at a time with align")
+    observers = list(observers) if observers is not None else [None] * len(seeds)
+    contexts = [RunContext(problem, seed, Ledger(query_limit=budget), observer)
+                for seed, observer in zip(seeds, observers, strict=True)]
+    try:
+        results = method.run_batch(contexts)
+    except KeyboardInterrupt as interrupt:
+        raise BatchInterrupted(stopping.signal_of(interrupt),
+                               [_kept(problem, c, INTERRUPTED, None) for c in contexts]) from None
+    except NoiseAlignError as error:
+        raise BatchFailed(str(error), [_kept(problem, c, FAILED, str(error)) for c in contexts]) from None
+    outcomes = []
+    for context, result in zip(contexts, results):
+        seconds = context.ledger.seconds
+        try:
+            final_reward = float(evaluate(problem, result.output)[0])
+        except NoiseAlignError as error:
+            raise BatchFailed(str(error), [Outcome(r, None, c.ledger, seconds, FAILED, str(error))
+                                           for c, r in zip(contexts, results)]) from None
+        outcomes.append(Outcome(result, final_reward, context.ledger, seconds))
+    return outcomes
