@@ -82,7 +82,7 @@ BAD_INPUT = {  # name: (flags, a phrase of the one error line)
     "--device cuda without CUDA": (["--device", "cuda"], "CUDA device"),
     "K above the budget": (["--method", "demon", "--K", "16", "--budget", "8"], "demon needs at least K = 16"),
     "prompt the model cannot take": (["--prompt", "a cat"], "the digits model takes a prompt"),
-    "DNO budget that pays no step": (["--method", "dno", "--budget", "1"], "cannot pay one DNO step"),
+    "DNO budget that pays no step": (["--method", "dno", "--budget", "1"], "cannot pay one dno step"),
     "consistency look-ahead on digits": (["--lookahead", "consistency"], "offers no consistency"),
     "grad DNO on a non-differentiable reward": (["--method", "dno", "--dno-mode", "grad", "--reward", "jpeg"],
                                                 "not differentiable"),
