@@ -24,13 +24,15 @@ Methods, seeds batched (`run_batch`), every iterate measured:
 the first in-distribution iterate, for the worst seed ("all": none leaves; "starts out" counts
 seeds whose start is out); "gain" the best reward among in-distribution iterates minus the
 start's reward (mean over seeds).
-Results: results/hacking_<setting>{,_trace}.csv, results/hacking.csv, results/hacking.png.
+Results: results/hacking_<setting>.csv and _trace.csv.gz (every iterate), results/hacking.csv,
+results/hacking.png.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import gzip
 import math
 import sys
 import time
@@ -117,7 +119,14 @@ def configurations(setting: str, iterations: int) -> list[tuple[str, str, float,
     return rows
 
 
-def run_setting(setting: Setting, seeds: int, iterations: int, traces: list[dict], summary: list[dict]) -> None:
+def run_setting(setting: Setting, seeds: int, iterations: int) -> None:
+    """Every configuration of the setting, saved after each (a run stopped midway keeps what it did)."""
+    traces, summary = [], []
+
+    def save() -> None:
+        write_csv(summary, RESULTS / f"hacking_{setting.name}.csv")
+        write_csv(traces, RESULTS / f"hacking_{setting.name}_trace.csv.gz")
+
     for method, regularizer, gamma, lr, algorithm in configurations(setting.name, iterations):
         start = time.perf_counter()
         per_seed: list[list[dict]] = [[] for _ in range(seeds)]
@@ -139,6 +148,7 @@ def run_setting(setting: Setting, seeds: int, iterations: int, traces: list[dict
         print(f"{setting.name:6s} {method:7s} {regularizer:13s} gamma {gamma:<6g} lr {lr:<5g} gain {row['gain']:8.3f} "
               f"kept {row['kept']:>4} best {row['reward_best']:8.3f} measure {row['measure_of_best']:9.3f} "
               f"[{setting.low:.3f}, {setting.high:.3f}] {time.perf_counter() - start:4.0f} s", flush=True)
+        save()
     for schedule, scale in GUIDANCE["digits" if setting.name == "digits" else "gmm"]:
         config = GuidanceConfig(steps=50, eta=1.0, scale=scale, schedule=schedule, recurrence=1, checkpointing=False)
         contexts = [RunContext(setting.problem, seed, Ledger()) for seed in range(seeds)]
@@ -158,6 +168,7 @@ def run_setting(setting: Setting, seeds: int, iterations: int, traces: list[dict
                     "seed": seed, "iteration": 0, "reward": r, "measure": m} for seed, (r, m) in enumerate(zip(rewards, measures))]
         print(f"{setting.name:6s} guidance {schedule:8s} scale {scale:<5g} reward {mean(plain):7.3f} -> {mean(rewards):7.3f} "
               f"measure {mean(measures):9.3f}, {inside}/{seeds} in range", flush=True)
+        save()
 
 
 def summarize(setting: str, method: str, regularizer: str, gamma: float, lr: float, per_seed: list[list[dict]],
@@ -188,16 +199,17 @@ def mean(values: list[float]) -> float:
 # ---- report -----------------------------------------------------------------------------------
 
 def read_csv(path: Path) -> list[dict]:
-    with open(path, newline="") as handle:
+    with (gzip.open(path, "rt", newline="") if path.suffix == ".gz" else open(path, newline="")) as handle:
         return list(csv.DictReader(handle))
 
 
 def write_csv(rows: list[dict], path: Path) -> None:
+    """CSV (gzipped for a .gz path), floats to 6 significant digits."""
     columns = list(dict.fromkeys(key for row in rows for key in row))
-    with open(path, "w", newline="") as handle:
+    with (gzip.open(path, "wt", newline="") if path.suffix == ".gz" else open(path, "w", newline="")) as handle:
         writer = csv.DictWriter(handle, fieldnames=columns)
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows({k: f"{v:.6g}" if isinstance(v, float) else v for k, v in row.items()} for row in rows)
 
 
 def resummarize(row: dict, trace: list[dict]) -> dict:
@@ -225,6 +237,34 @@ def table(summary: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def pivot(summary: list[dict], settings: tuple[str, ...], cell: Callable[[dict], str]) -> str:
+    """Rows side by side: one column per setting and step size (reno at ReNO's lr 5 too)."""
+    columns = [(setting, lr) for setting in settings for lr in ("0.01", "0.05", "5.0")]
+    cells: dict[tuple, dict] = {}
+    for r in summary:
+        if r["setting"] in settings and r["method"] != "guidance":
+            cells.setdefault((r["method"], r["regularizer"], float(r["gamma"])), {})[(r["setting"], str(float(r["lr"])))] = r
+    used = [c for c in columns if any(c in row for row in cells.values())]
+    lines = ["| method | regularizer | gamma | " + " | ".join(f"{s} lr {lr}" for s, lr in used) + " |",
+             "|---|---|---|" + "---|" * len(used)]
+
+    def order(key: tuple) -> tuple:
+        return list(LRS).index(key[0]), ("none", *NAMES).index(key[1]), key[2]
+
+    for (method, regularizer, gamma), row in sorted(cells.items(), key=lambda item: order(item[0])):
+        lines.append(f"| {method} | {regularizer} | {gamma:g} | " +
+                     " | ".join(cell(row[c]) if c in row else "-" for c in used) + " |")
+    return "\n".join(lines)
+
+
+def gmm_cell(row: dict) -> str:
+    return f"{float(row['gain']):+.2f} / {row['kept']}"
+
+
+def digits_cell(row: dict) -> str:
+    return f"{float(row['reward_best']):.3f} ({float(row['measure_of_best']):.2f})"
+
+
 def plot(traces: list[dict], summary: list[dict], path: Path) -> None:
     import matplotlib
 
@@ -242,6 +282,9 @@ def plot(traces: list[dict], summary: list[dict], path: Path) -> None:
         low, high = float(rows[0]["low"]), float(rows[0]["high"])
         for ax, method in zip(row_axes, methods):
             selected = [r for r in traces if r["setting"] == setting and r["method"] == method]
+            if not selected:
+                ax.axis("off")
+                continue
             if method == "guidance":
                 for schedule in dict.fromkeys(r["regularizer"] for r in selected):
                     points = [r for r in selected if r["regularizer"] == schedule]
@@ -284,22 +327,23 @@ def main() -> None:
         if unknown or not args.settings:
             parser.error(f"run takes settings among {', '.join(SETTINGS)}")
         for name in args.settings:
-            traces, summary = [], []
-            run_setting(Setting(name), args.seeds, args.iterations, traces, summary)
-            write_csv(summary, RESULTS / f"hacking_{name}.csv")
-            write_csv(traces, RESULTS / f"hacking_{name}_trace.csv")
+            run_setting(Setting(name), args.seeds, args.iterations)
         return
     summary, traces = [], []
     for name in SETTINGS:
         if (RESULTS / f"hacking_{name}.csv").exists():
-            saved, trace = read_csv(RESULTS / f"hacking_{name}.csv"), read_csv(RESULTS / f"hacking_{name}_trace.csv")
+            saved, trace = read_csv(RESULTS / f"hacking_{name}.csv"), read_csv(RESULTS / f"hacking_{name}_trace.csv.gz")
             summary += [resummarize(row, trace) for row in saved]
             traces += trace
     if not summary:
         sys.exit("no runs saved yet: python benchmarks/hacking.py run gmm2 gmm64 digits")
     write_csv(summary, RESULTS / "hacking.csv")
     plot(traces, summary, RESULTS / "hacking.png")
-    print(table(summary))
+    compact = ("gmm: reward gain in range / iterations kept (of 200)\n\n" + pivot(summary, ("gmm2", "gmm64"), gmm_cell)
+               + "\n\ndigits: best brightness (top-class probability of that iterate)\n\n"
+               + pivot(summary, ("digits",), digits_cell))
+    (RESULTS / "hacking.md").write_text(table(summary) + "\n\n" + compact + "\n")
+    print(compact)
 
 
 if __name__ == "__main__":

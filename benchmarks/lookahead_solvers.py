@@ -13,7 +13,7 @@ the step into 0), for solver in heun / euler / dpmpp-2m / unipc and several `max
   solve, also over tau = the std of the reference rewards of the step's candidates (what the
   adaptive tanh demon divides by).
 The look-ahead sigmas are those of Demon's steps 1, 6, 11 and 16 on the grid Demon fits to a
-budget of 256 (`fit_grid`: K 16, 23 points for digits and gmm); NFE is the look-ahead's model
+budget of 256 (`fit_grid`: K 16, 23 points on each model); NFE is the look-ahead's model
 evaluations per candidate at the first step (sigma_1, the longest) and averaged over the four.
 
 SDE integrator (Euler-Maruyama, Demon's, vs the official code's stochastic Heun) at equal
@@ -26,9 +26,9 @@ model evaluations:
   (the Monte Carlo floor).
 
     python benchmarks/lookahead_solvers.py                 # all sections (~10 min on 1 CPU thread)
-    python benchmarks/lookahead_solvers.py gmm gaussian    # some of them
-Writes benchmarks/results/lookahead_solvers.csv (look-ahead), lookahead_solvers_order.csv and
-lookahead_solvers_sde.csv.
+    python benchmarks/lookahead_solvers.py gmm gaussian    # some of them: printed, not saved
+All sections write benchmarks/results/lookahead_solvers.csv (look-ahead), lookahead_solvers_order.csv
+and lookahead_solvers_sde.csv.
 """
 
 from __future__ import annotations
@@ -79,18 +79,18 @@ class Setting:
     reference_steps: int
 
 
-def demon_grid(model) -> tuple[Tensor, float, float]:
-    """(grid, beta, ode_after) of Demon's default plan for BUDGET on `model`."""
+def demon_grid(model) -> tuple[Tensor, float]:
+    """(grid, beta) of Demon's default plan for BUDGET on `model`."""
     config = fit_grid(DemonConfig(), model, BUDGET)
     grid = karras_sigmas(config.grid_points, model.sigma_min, model.sigma_max)
     steps = demon_steps_on(config.grid_points, model, config.ode_after_for(model))
     assert steps >= DEMON_STEPS[-1] + 1, steps
-    return grid, config.beta_for(model), config.ode_after_for(model)
+    return grid, config.beta_for(model)
 
 
 def candidates_along_trajectory(model, denoiser, seeds: int) -> tuple[list[float], list[Tensor]]:
     """Demon's candidates at DEMON_STEPS: a beta-SDE trajectory per seed, then K beta-SDE steps from it."""
-    grid, beta, _ = demon_grid(model)
+    grid, beta = demon_grid(model)
     sigmas, states = [], []
     for step in DEMON_STEPS:
         chunks = []
@@ -110,7 +110,7 @@ def candidates_along_trajectory(model, denoiser, seeds: int) -> tuple[list[float
 
 def gmm_setting() -> Setting:
     model = GaussianMixture.default()
-    grid, _, _ = demon_grid(model)
+    grid, _ = demon_grid(model)
     sigmas = [float(grid[step + 1]) for step in DEMON_STEPS]
     g = torch.Generator().manual_seed(0)
     states = [model.sample_exact(256, g) + sigma * torch.randn(256, 2, generator=g, dtype=torch.float64)
@@ -136,9 +136,9 @@ def sd_setting() -> Setting:
 
     from noisealign.models.diffusers_loading import load_diffusers_model
 
-    folder = tempfile.mkdtemp(prefix="noisealign-sd-tiny-")
-    tiny.sd_pipeline().save_pretrained(folder)
-    model = load_diffusers_model(folder, height=32, width=32, scheduler="karras")
+    with tempfile.TemporaryDirectory(prefix="noisealign-sd-tiny-") as folder:   # the weights load into memory
+        tiny.sd_pipeline().save_pretrained(folder)
+        model = load_diffusers_model(folder, height=32, width=32, scheduler="karras")
     denoiser = make_denoiser(model, "a cat", 2.0)
     with torch.inference_mode():
         sigmas, states = candidates_along_trajectory(model, denoiser, seeds=2)
@@ -329,30 +329,37 @@ def recommend(rows: list[dict]) -> None:
 def main(argv: list[str] | None = None) -> None:
     sections = ("order", "gmm", "digits", "sd", "gaussian", "gmm-sde")
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("sections", nargs="*", default=list(sections), choices=sections)
+    parser.add_argument("sections", nargs="*", help=f"any of {', '.join(sections)} (default: all)")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
+    unknown = set(args.sections) - set(sections)
+    if unknown:
+        parser.error(f"unknown sections {', '.join(sorted(unknown))}; choose from {', '.join(sections)}")
+    args.sections = args.sections or sections
     torch.set_num_threads(args.threads)
     RESULTS.mkdir(parents=True, exist_ok=True)
+    complete = set(args.sections) == set(sections)          # a subset prints, the whole set also saves
     if "order" in args.sections:
         order = order_rows()
         print_table(order, ["solver", "grid_points", "nfe", "error", "slope_finer_half"])
-        write_csv(RESULTS / "lookahead_solvers_order.csv", order)
+        if complete:
+            write_csv(RESULTS / "lookahead_solvers_order.csv", order)
     settings = {"gmm": gmm_setting, "digits": digits_setting, "sd": sd_setting}
     lookahead = [row for name in args.sections if name in settings for row in lookahead_rows(settings[name]())]
     if lookahead:
         print_table(lookahead, ["model", "solver", "max_steps", "nfe_first", "nfe_mean", "error_first",
                                 "error_mean", "error_over_tau", "reference_error"])
         recommend(lookahead)
-        write_csv(RESULTS / "lookahead_solvers.csv", lookahead)
+        if complete:
+            write_csv(RESULTS / "lookahead_solvers.csv", lookahead)
     sde = ((gaussian_rows() if "gaussian" in args.sections else [])
            + (gmm_sde_rows() if "gmm-sde" in args.sections else []))
     if sde:
         print_table(sde, ["test", "setting", "solver", "grid_points", "nfe", "std_ratio_end",
                           "std_ratio_at_ode_after", "std_ratio_worst", "mean_error", "var_rel_error",
                           "floor_mean_error", "floor_var_rel_error"])
-        write_csv(RESULTS / "lookahead_solvers_sde.csv", sde)
-
+        if complete:
+            write_csv(RESULTS / "lookahead_solvers_sde.csv", sde)
 
 if __name__ == "__main__":
     main()

@@ -100,8 +100,8 @@ def ours_demon(folder: str) -> tuple:
 
     model = load_diffusers_model(folder, height=32, width=32, scheduler="karras")
     problem = Problem(model, Brightness(), PROMPT, "", 2.0)
-    config = DemonConfig(demon="tanh", K=16, beta=0.1, tau="adaptive", lookahead="ode", lookahead_steps=20,
-                         ode_after=0.11, grid_points=16)
+    config = DemonConfig(demon="tanh", K=16, beta=0.1, tau="adaptive", lookahead="ode", lookahead_solver="heun",
+                         lookahead_steps=20, ode_after=0.11, grid_points=16)
 
     def run() -> float:
         outcome = Demon(config).run(RunContext(problem, seed=0, ledger=Ledger()))
@@ -254,10 +254,7 @@ def ours_digits_demon() -> tuple:
     def run() -> float:
         return sum(align(problem, Demon(DemonConfig()), seed=seed, budget=256).final_reward for seed in range(4)) / 4
 
-    class NoUNet:
-        calls = samples = 0
-
-    return run, NoUNet()
+    return run, types.SimpleNamespace(calls=0, samples=0)          # no UNet in the digits model
 
 
 # ---- the profile -----------------------------------------------------------------------------
@@ -266,7 +263,7 @@ class Phases:
     """Wall seconds inside the networks (forward hooks), the reward, backward passes and optimizer
     steps; UNet time inside a backward pass (checkpoint recomputation) is booked apart."""
 
-    def __init__(self, model, reward) -> None:
+    def __init__(self, models: list, reward) -> None:
         import torch
         from diffusers import UNet2DConditionModel
         from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
@@ -279,8 +276,9 @@ class Phases:
                 self._time(module, lambda: "UNet (backward recompute)" if self.in_backward else "UNet forward")
             elif isinstance(module, CLIPTextModel):
                 self._time(module, lambda: "prompt encoding")
-        self._time(model.decoder.vae.decoder, lambda: "VAE decode (backward recompute)" if self.in_backward
-                   else "VAE decode")
+        for model in models:
+            self._time(model.decoder.vae.decoder, lambda: "VAE decode (backward recompute)" if self.in_backward
+                       else "VAE decode")
         backward = torch.autograd.backward
 
         def timed_backward(*args, **kwargs):
@@ -376,10 +374,9 @@ def profile(folder: str, threads: int) -> None:
     torch.set_num_threads(threads)
     demon_model = load_diffusers_model(folder, height=32, width=32, scheduler="karras")
     dno_model = load_diffusers_model(folder, height=32, width=32, scheduler="ddim")
-    phases = Phases(demon_model, Brightness())
-    Phases._time(phases, dno_model.decoder.vae.decoder,
-                 lambda: "VAE decode (backward recompute)" if phases.in_backward else "VAE decode")
-    config = DemonConfig(demon="tanh", K=16, beta=0.1, lookahead_steps=20, ode_after=0.11, grid_points=16)
+    phases = Phases([demon_model, dno_model], Brightness())
+    config = DemonConfig(demon="tanh", K=16, beta=0.1, lookahead_solver="heun", lookahead_steps=20, ode_after=0.11,
+                         grid_points=16)
 
     def demon_step() -> None:
         context = RunContext(Problem(demon_model, phases.reward, PROMPT, "", 2.0), seed=0, ledger=Ledger())
@@ -477,11 +474,11 @@ HEADER = ("| run | seconds {0} | UNet calls {0} | UNet samples {0} | peak RSS MB
           "|---|---|---|---|---|---|")
 
 
-def build_pipeline() -> str:
+def save_pipeline(folder: str) -> str:
+    """tests/diffusers_tiny.py's SD 1.x pipeline, saved to `folder` for both sides to load."""
     sys.path.insert(0, str(ROOT / "tests"))
     import diffusers_tiny as tiny
 
-    folder = tempfile.mkdtemp(prefix="noisealign-peer-sd-")
     tiny.sd_pipeline().save_pretrained(folder)
     return folder
 
@@ -500,12 +497,17 @@ def main(argv: list[str] | None = None) -> None:
     if args.what == "_worker":
         print("RESULT " + json.dumps(worker(json.loads(args.spec))), flush=True)
         return
-    if args.what == "profile":
-        profile(build_pipeline(), args.threads)
-        return
     if args.what in ("demon", "dno") and not args.official:
         parser.error(f"{args.what} needs --official PATH (a checkout of the official code)")
-    folder = build_pipeline()
+    with tempfile.TemporaryDirectory(prefix="noisealign-peer-sd-") as folder:
+        if args.what == "profile":
+            profile(save_pipeline(folder), args.threads)
+        else:
+            compare(args, save_pipeline(folder))
+
+
+def compare(args: argparse.Namespace, folder: str) -> None:
+    """The alternating runs of `args.what` and their table."""
     environ = PINNED if args.allocator == "pinned" else {}
     base = {"folder": folder, "threads": args.threads, "official": args.official}
     rows = []

@@ -175,8 +175,8 @@ def test_denoiser_at_x_is_called_once_per_step_and_shared(lookahead):
     if lookahead == "tweedie":
         per_candidate = [1] * n
     else:
-        per_candidate = [ode_lookahead_evaluations(float(sigmas[i + 1]), MODEL.sigma_min, MODEL.sigma_max, 6)
-                         for i in range(n)]
+        per_candidate = [ode_lookahead_evaluations(float(sigmas[i + 1]), MODEL.sigma_min, MODEL.sigma_max, 6,
+                                                   config.lookahead_solver) for i in range(n)]
     ode_tail = 2 * (config.grid_points - n) - 1  # Heun over the rest, Euler into 0
     assert ledger.nfe == sum(1 + 7 * c for c in per_candidate) + ode_tail
     assert ledger.denoiser_calls == sum(1 + chunks * c for c in per_candidate) + ode_tail
@@ -308,8 +308,9 @@ def test_cli_entry_builds_the_config_from_flags():
 
 def test_default_config_leaves_k_and_the_grid_to_the_budget():
     config = DemonConfig()
-    assert (config.demon, config.K, config.grid_points, config.tau, config.lookahead, config.lookahead_steps) == (
-        "tanh", None, None, "adaptive", "ode", 20)
+    assert (config.demon, config.K, config.grid_points, config.tau, config.lookahead, config.lookahead_solver,
+            config.lookahead_steps) == (
+        "tanh", None, None, "adaptive", "ode", "unipc", 15)
     assert [default_K(b) for b in (None, 1, 16, 64, 128, 255, 256, 512, 2048)] == [16, 1, 1, 4, 8, 15, 16, 16, 16]
 
 

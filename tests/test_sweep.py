@@ -266,8 +266,8 @@ def test_method_options_are_generates_flags_and_flags_override_the_file(tmp_path
     assert spec.seeds == (3, 4, 5) and spec.evaluate == ("jpeg",) and [m.label for m in spec.methods] == ["demon"]
     assert spec.methods[0].budgets == (8,) and spec.methods[0].config == DemonConfig(K=4, lookahead_steps=4)
     full = load_spec(ROOT / "examples" / "digits.toml")
-    assert len(cells_of(full)) == (6 + 6 + 8) * 3 * 8
-    assert full.methods[1].config == DemonConfig(demon="boltzmann", lookahead_steps=10)
+    assert len(cells_of(full)) == (6 * 6 + 7 + 1 + 2 + 2) * 3 * 8
+    assert full.methods[0].config == DemonConfig()
 
 
 def test_prompt_sets_shipped_and_read_from_where_the_user_has_them(tmp_path, monkeypatch):

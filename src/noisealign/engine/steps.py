@@ -87,18 +87,18 @@ def unipc_correct(x: Tensor, sigma: float, sigma_next: float, denoised: Tensor, 
     from x again, now that D is known at its end too (denoised_next, evaluated at the predicted state).
 
     x' = (sigma_next / sigma) x + (1 - sigma_next / sigma) (D + sum_k rho_k D1_k), the D1_k the
-    divided differences of D in lambda = -log sigma toward the known points, rho solving the
-    order conditions: exact for D linear in lambda (the end point alone, order 2) or quadratic
-    (with the previous point, order 3). The corrected state costs no evaluation: the next
-    step reuses denoised_next.
+    divided differences of D in lambda = -log sigma toward the known points and rho solving the
+    order conditions sum_k rho_k r_k^(i-1) = b_i: exact for D linear in lambda (the end point
+    alone, order 2; rho = b_1, where the paper rounds it to 1/2) or quadratic (with the previous
+    point, order 3). The corrected state costs no evaluation: the next step reuses denoised_next.
     """
     h = math.log(sigma / sigma_next)
-    phi = math.expm1(-h)                                     # B(h) = h phi_1(h) at hh = -h
-    b1 = -1 / h - 1 / phi
+    b_h = math.expm1(-h)                                     # B(h) at hh = -h (data prediction)
+    b1 = -1 / h - 1 / b_h                                    # b_i = i! hh phi_(i+1)(hh) / B(h): 1/2 + O(h)
     correction = b1 * (denoised_next - denoised)
     if denoised_prev is not None:
-        b2 = 2 * ((phi / -h - 1) / -h - 0.5) / phi
-        r = -math.log(sigma_prev / sigma) / h                  # < 0: the previous point lies behind
+        b2 = 2 * ((b_h / -h - 1) / -h - 0.5) / b_h           # 1/3 + O(h)
+        r = -math.log(sigma_prev / sigma) / h                 # < 0: the previous point lies behind
         rho_prev = (b1 - b2) / (1 - r)
         correction = rho_prev * (denoised_prev - denoised) / r + (b1 - rho_prev) * (denoised_next - denoised)
     ratio = sigma_next / sigma

@@ -34,6 +34,7 @@ from torch import Tensor
 from ..budget import CountedDenoiser
 from ..engine import ancestral_sigmas, ancestral_step, beta_sde_step, euler_step, ode_lookahead
 from ..engine.noise import NoiseStreams
+from ..engine.samplers import ODE_SOLVERS
 from ..errors import NoiseAlignError
 from ..models.base import DiffusionModel
 from ..options import check, option
@@ -78,11 +79,15 @@ class ValueConfig:
     lookahead: str = option("tweedie", "clean estimate each candidate is scored on: Tweedie D(x, sigma) (one "
                                        "call), the PF-ODE to 0 (Heun), or the model's consistency model",
                             choices=LOOKAHEADS)
-    lookahead_steps: int = option(20, "Heun steps of the ODE look-ahead from sigma_max (fewer further down)")
+    lookahead_solver: str = option("unipc", "solver of the ODE look-ahead (unipc, dpmpp-2m: one call a step; "
+                                            "heun: two)", choices=ODE_SOLVERS)
+    lookahead_steps: int = option(15, "steps of the ODE look-ahead from sigma_max (fewer further down)")
     candidate_batch: int = option(64, "candidates estimated, decoded and scored as one batch (a memory bound)")
 
     def __post_init__(self) -> None:
         check([(self.lookahead not in LOOKAHEADS, f"--lookahead {self.lookahead!r}: choose {', '.join(LOOKAHEADS)}"),
+               (self.lookahead_solver not in ODE_SOLVERS,
+                f"--lookahead-solver {self.lookahead_solver!r}: choose {', '.join(ODE_SOLVERS)}"),
                (self.lookahead_steps < 1, f"--lookahead-steps {self.lookahead_steps}: need at least 1"),
                (self.candidate_batch < 1, f"--candidate-batch {self.candidate_batch}: need at least 1")], "value")
 
@@ -99,14 +104,15 @@ def check_lookahead(model: DiffusionModel, lookahead: str) -> None:
                               "use --lookahead ode or --lookahead tweedie")
 
 
-def clean_estimator(context: RunContext, lookahead: str, lookahead_steps: int = 20) -> Estimator:
+def clean_estimator(context: RunContext, value: ValueConfig) -> Estimator:
     """c(x, sigma) over a batch of states, every model call counted on the run's ledger."""
     model = context.model
-    check_lookahead(model, lookahead)
-    if lookahead == "tweedie":
+    check_lookahead(model, value.lookahead)
+    if value.lookahead == "tweedie":
         return context.denoiser
-    if lookahead == "ode":
-        return partial(_ode, context.denoiser, model.sigma_min, model.sigma_max, lookahead_steps)
+    if value.lookahead == "ode":
+        return partial(_ode, context.denoiser, model.sigma_min, model.sigma_max, value.lookahead_steps,
+                       value.lookahead_solver)
     estimate, cond = model.consistency_estimate, model.encode_prompt(context.problem.prompt)
 
     def consistency(x: Tensor, sigma: float) -> Tensor:
@@ -115,8 +121,9 @@ def clean_estimator(context: RunContext, lookahead: str, lookahead_steps: int = 
     return CountedDenoiser(consistency, context.ledger)
 
 
-def _ode(denoiser: Estimator, sigma_min: float, sigma_max: float, steps: int, x: Tensor, sigma: float) -> Tensor:
-    return ode_lookahead(denoiser, x, sigma, sigma_min, sigma_max, steps)
+def _ode(denoiser: Estimator, sigma_min: float, sigma_max: float, steps: int, solver: str,
+         x: Tensor, sigma: float) -> Tensor:
+    return ode_lookahead(denoiser, x, sigma, sigma_min, sigma_max, steps, solver)
 
 
 def candidate_noises(streams: NoiseStreams, states: int) -> Tensor:
@@ -135,7 +142,7 @@ class CandidateValues:
 
     def __init__(self, context: RunContext, config: ValueConfig):
         self.context, self.batch = context, config.candidate_batch
-        self.estimate = clean_estimator(context, config.lookahead, config.lookahead_steps)
+        self.estimate = clean_estimator(context, config)
 
     def outputs(self, x: Tensor, sigma: float) -> Iterator[Tensor]:
         """decode(c(x, sigma)) of states x (B, *shape), chunk by chunk; no query (a person may judge them)."""

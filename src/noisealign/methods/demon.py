@@ -26,7 +26,7 @@ from torch import Tensor
 
 from ..budget import CountedDenoiser
 from ..engine import beta_sde_step, karras_sigmas, ode_lookahead, sample_beta_sde, sample_ode
-from ..engine.samplers import DenoiserFn
+from ..engine.samplers import ODE_SOLVERS, DenoiserFn
 from ..engine.schedules import karras_position
 from ..errors import NoiseAlignError
 from ..models.base import DiffusionModel
@@ -58,9 +58,10 @@ class DemonConfig:
     tau: weight temperature, a positive number or "adaptive" (the std of each step's rewards).
     lookahead: the clean estimate c(x_k, sigma_next) scored: "ode" (Heun to sigma_min),
         "tweedie" (D(x_k, sigma_next), one call) or "consistency" (the model's few-step estimate).
-    lookahead_steps: c_steps, the ODE look-ahead's Heun steps from sigma_max (fewer lower down).
-        20: on digits at B = 64 it scores higher than 10 (+0.13 to +0.24 log-odds, within
-        noise) at 1.8x the model calls; 30 and 40 gain nothing more.
+    lookahead_solver, lookahead_steps: the ODE look-ahead's solver (engine.samplers.ODE_SOLVERS)
+        and c_steps, its steps from sigma_max (fewer lower down). UniPC with 15 steps scores as
+        Heun with 20 on digits (paired over 48 runs: +0.04 +- 0.17 log-odds at B = 64, -0.01 +-
+        0.05 at B = 256) at 0.41x the model calls (benchmarks/lookahead_solvers.py, docs/demon.md).
     ode_after: sigma below which the sampler finishes with the ODE, no queries. None: the sigma
         at the same Karras position (rho 7) on the model's sigma range as the paper's 0.11 on
         its 14.648 .. 0.002 grid, i.e. about 70% of the way from sigma_max to sigma_min.
@@ -82,7 +83,9 @@ class DemonConfig:
     lookahead: str = option("ode", "clean estimate each candidate is scored on: ODE to sigma_min (Heun), "
                                    "Tweedie D(x, sigma) (one call), or the model's consistency model",
                             choices=LOOKAHEADS)
-    lookahead_steps: int = option(20, "Heun steps of the ODE look-ahead from sigma_max (fewer further down)")
+    lookahead_solver: str = option("unipc", "solver of the ODE look-ahead (unipc, dpmpp-2m: one call a step; "
+                                            "heun: two)", choices=ODE_SOLVERS)
+    lookahead_steps: int = option(15, "steps of the ODE look-ahead from sigma_max (fewer further down)")
     ode_after: float | None = option(None, "sigma below which to finish with the ODE, no queries (None: the "
                                            "paper's 0.11 on SD's 14.6..0.002 grid, moved to the same Karras "
                                            "position of the model's range)")
@@ -99,6 +102,8 @@ class DemonConfig:
             (self.tau != "adaptive" and not (is_finite(self.tau) and self.tau > 0),
              f"--tau {self.tau!r}: give a finite positive number or 'adaptive'"),
             (self.lookahead not in LOOKAHEADS, f"--lookahead {self.lookahead!r}: choose {', '.join(LOOKAHEADS)}"),
+            (self.lookahead_solver not in ODE_SOLVERS,
+             f"--lookahead-solver {self.lookahead_solver!r}: choose {', '.join(ODE_SOLVERS)}"),
             (self.lookahead_steps < 1, f"--lookahead-steps {self.lookahead_steps}: need at least 1"),
             (self.ode_after is not None and not (is_finite(self.ode_after) and self.ode_after >= 0),
              f"--ode-after {self.ode_after}: need a finite sigma >= 0"),
@@ -299,7 +304,8 @@ def _make_lookahead(context: RunContext, config: DemonConfig) -> DenoiserFn:
     """c(x, sigma) as a callable over a batch of candidates, its model calls counted."""
     model = context.model
     if config.lookahead == "ode":
-        return partial(_ode_lookahead, context.denoiser, model.sigma_min, model.sigma_max, config.lookahead_steps)
+        return partial(_ode_lookahead, context.denoiser, model.sigma_min, model.sigma_max, config.lookahead_steps,
+                       config.lookahead_solver)
     if config.lookahead == "tweedie":
         return context.denoiser
     if not supports_consistency(model):
@@ -314,9 +320,9 @@ def _make_lookahead(context: RunContext, config: DemonConfig) -> DenoiserFn:
     return CountedDenoiser(consistency, context.ledger)
 
 
-def _ode_lookahead(denoiser: DenoiserFn, sigma_min: float, sigma_max: float, steps: int,
+def _ode_lookahead(denoiser: DenoiserFn, sigma_min: float, sigma_max: float, steps: int, solver: str,
                    x: Tensor, sigma: float) -> Tensor:
-    return ode_lookahead(denoiser, x, sigma, sigma_min, sigma_max, steps)
+    return ode_lookahead(denoiser, x, sigma, sigma_min, sigma_max, steps, solver)
 
 
 class Demon:

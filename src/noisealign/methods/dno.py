@@ -90,7 +90,8 @@ class DnoConfig:
     lr: float = option(1e-2, "Adam step size")
     iterations: int | None = option(None, "Adam steps (None: as many as --budget pays)")
     gamma: float = option(1.0, "weight of the regularizer (0: none)")
-    regularizer: str = option("moments", "the regularizer gamma weighs (every one is reported)", choices=NAMES)
+    regularizer: str = option("concentration", "the regularizer gamma weighs (every one is reported)",
+                              choices=NAMES)
     permutations: int = option(16, "random reorderings the concentration penalty averages over")
     grad_clip: float = option(1.0, "max gradient norm over all optimized noise")
     q: int = option(16, "zo / hybrid: perturbations per step")

@@ -19,8 +19,9 @@ iterations (what the budget pays: one query each, plus one for z^0), c the clipp
 
 It is DNO's loop (`dno.Dno`) with the initial noise as the only variable, ReNO's optimizer and
 regularizer and few steps: every regularizer can be chosen and all are reported. Defaults are
-the official code's (ExplainableML/ReNO: SGD, lr 5, Nesterov momentum 0.9, clipping 0.1, reg
-weight 0.01, one step). With eta > 0 the per-step noises stay those of the seed.
+the official code's (ExplainableML/ReNO: SGD, lr 5, Nesterov momentum 0.9, clipping 0.1, one
+step), but for gamma: 1, not its 0.01 (see RenoConfig). With eta > 0 the per-step noises stay
+those of the seed.
 """
 
 from __future__ import annotations
@@ -52,7 +53,9 @@ class RenoConfig:
         eta 0: the ODE, so the initial noise is the only noise).
     lr, momentum: SGD's step size and Nesterov momentum. iterations: SGD steps (None: what the
         budget pays). grad_clip: max norm of the gradient of z_T.
-    gamma, regularizer: the regularizer's weight and which one (chi-norm: ReNO's).
+    gamma, regularizer: the regularizer's weight and which one (chi-norm: ReNO's). gamma 1, not the
+        official 0.01: on the gmm with an unbounded reward, 0.01 at lr 5 leaves the data within
+        2 iterations, 1 keeps every iterate in it for 200, in 2-D and 64-D (docs/gradient_methods.md).
     permutations: random reorderings the concentration penalty averages over.
     checkpointing: recompute each denoiser call and the decode in the backward pass.
     """
@@ -62,7 +65,8 @@ class RenoConfig:
     lr: float = option(5.0, "SGD step size")
     momentum: float = option(0.9, "SGD Nesterov momentum")
     iterations: int | None = option(None, "SGD steps (None: as many as --budget pays)")
-    gamma: float = option(0.01, "weight of the regularizer (0: none)")
+    gamma: float = option(1.0, "weight of the regularizer (0: none; the official code's 0.01 lets the sample "
+                               "leave the data, benchmarks/hacking.py)")
     regularizer: str = option("chi-norm", "the regularizer gamma weighs (every one is reported)", choices=NAMES)
     permutations: int = option(16, "random reorderings the concentration penalty averages over")
     grad_clip: float = option(0.1, "max gradient norm of the initial noise")

@@ -45,7 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      help="what each candidate image shows: its ODE solution (ode, default), D(x, sigma) "
                           "(tweedie, one call, blurrier) or the model's few-step estimate (consistency)")
     run.add_argument("--lookahead-steps", type=integer,
-                     help=f"Heun steps of the ODE look-ahead (default {d['lookahead_steps']})")
+                     help=f"steps of the ODE look-ahead (default {d['lookahead_steps']})")
     run.add_argument("--seed", type=integer, help="same seed and same choices, same image (default 0; 0 .. 2^63-1)")
     run.add_argument("--out", help="run folder (default: a new folder under runs/); never overwritten")
     run.add_argument("--device", help="torch device of the model, e.g. cuda (default cpu)")
