@@ -8,7 +8,9 @@ learns the second half except a held-out test part, so the reward judges digits 
 diffusion model never trained on. Everything random draws from generators seeded by --seed:
 the same seed and --threads (1 by default, whatever the core count) on the same machine and
 torch version write the same weights.
-Writes src/noisealign/weights/{digits_diffusion,digit_classifier}.pt and prints the figures
+The independent judge `digit_judge:N` keeps the diffusion half as its examples (k nearest
+neighbours: no training), so it shares neither weights nor data with the classifier.
+Writes src/noisealign/weights/{digits_diffusion,digit_classifier,digit_judge}.pt and prints the figures
 (classifier accuracy, per-digit recognition of guided samples, speed, time).
 """
 
@@ -156,6 +158,16 @@ def ms_per_evaluation(model: DigitsModel, batch: int = 256, repeats: int = 50) -
     return sorted(times)[len(times) // 2] * 1e3 / batch
 
 
+JUDGE_NEIGHBOURS = 7
+
+
+def save_judge(images: Tensor, labels: Tensor, path: Path) -> None:
+    """The examples of `digit_judge:N` (k nearest neighbours): the diffusion half, as sklearn's 0..16 integers."""
+    examples = ((images + 1) / 2 * 16).round().to(torch.uint8)[:, 0]
+    torch.save({"config": {"k": JUDGE_NEIGHBOURS}, "state_dict": {"examples": examples, "labels": labels}}, path)
+    print(f"wrote {path} ({path.stat().st_size / 1024:.0f} KiB)")
+
+
 def save(module: torch.nn.Module, config: dict, path: Path) -> None:
     torch.save({"config": config, "state_dict": module.state_dict()}, path)
     print(f"wrote {path} ({path.stat().st_size / 1024:.0f} KiB)")
@@ -174,7 +186,7 @@ def main() -> None:
     parser.add_argument("--classifier-steps", type=int, default=800)
     parser.add_argument("--threads", type=int, default=1,
                         help="CPU threads; the weights' bits depend on it, so it is fixed, not the core count")
-    parser.add_argument("--out", type=Path, default=WEIGHTS, help="folder the two .pt files go to")
+    parser.add_argument("--out", type=Path, default=WEIGHTS, help="folder the three .pt files go to")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -194,6 +206,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     save(net, net.config.to_dict(), args.out / "digits_diffusion.pt")
     save(classifier, classifier.config.to_dict(), args.out / "digit_classifier.pt")
+    save_judge(*splits["diffusion"], args.out / "digit_judge.pt")
 
     model = DigitsModel(net)
     rates = recognition(model, classifier, per_digit=50, seed=args.seed + 3)

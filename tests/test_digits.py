@@ -10,6 +10,7 @@ from noisealign.errors import NoiseAlignError
 from noisealign.models.base import DiffusionModel, make_denoiser
 from noisealign.models.digits import DigitsModel
 from noisealign.rewards.digit import DigitLogOdds
+from noisealign.rewards.digit_judge import DigitJudge
 from noisealign.rewards.registry import parse_reward
 
 
@@ -167,3 +168,38 @@ def test_digit_reward_rows_are_independent():
         pair = reward(images, ["", ""])
         ones = torch.cat([reward(images[:1], [""]), reward(images[1:], [""])])
     torch.testing.assert_close(pair, ones, atol=1e-5, rtol=1e-5)
+
+
+# ---- digit_judge:N, the independent judge ------------------------------------------------------
+
+def test_the_judge_is_the_share_of_the_k_nearest_examples_showing_the_digit():
+    examples = torch.tensor([[0] * 64, [16] * 64, [15] * 64, [1] * 64], dtype=torch.uint8).view(4, 8, 8)
+    judge = DigitJudge(target=5, examples=examples, labels=torch.tensor([5, 2, 5, 5]), k=2)
+    dark, bright = torch.zeros(1, 1, 8, 8), torch.ones(1, 1, 8, 8)
+    # dark's nearest two are the 0 and 1 images (both 5s); bright's the 16 (a 2) and 15 (a 5) images
+    assert judge(torch.cat([dark, bright]), ["", ""]).tolist() == [1.0, 0.5]
+
+
+def test_the_judge_recognises_the_digits_the_classifier_learned(model):
+    """On the digits that are not among its examples (the classifier's half) the judge's vote is
+    the label for over 95% of the images, and guided samples of a digit get that digit's vote."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = torch.tensor(digits.images, dtype=torch.float32)[:, None] / 16
+    judges = [parse_reward(f"digit_judge:{d}") for d in range(10)]
+    assert all(j.name == f"digit_judge:{d}" and not j.differentiable for d, j in enumerate(judges))
+    unseen = torch.cdist(images.flatten(1), judges[0].examples).min(dim=1).values > 0   # not among its examples
+    images, labels = images[unseen], torch.tensor(digits.target)[unseen]
+    assert len(images) > 800
+    votes = torch.stack([judge(images, [""] * len(images)) for judge in judges], dim=1)
+    assert ((votes >= 0) & (votes <= 1)).all() and torch.allclose(votes.sum(1), torch.ones(len(images)))
+    assert (votes.argmax(1) == labels).float().mean() > 0.95
+    threes = _samples(model, "3", 10, seed=11)
+    assert judges[3](threes, [""] * 10).mean() > 0.8 and judges[8](threes, [""] * 10).mean() < 0.2
+
+
+@pytest.mark.parametrize("argument", [None, "", "x", "10"])
+def test_the_judge_needs_a_digit(argument):
+    with pytest.raises(NoiseAlignError, match="digit_judge:3"):
+        DigitJudge.from_argument(argument)

@@ -11,50 +11,15 @@ import json
 import math
 import os
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
+from test_report import swept  # noqa: F401  (the sweep and report this page shows)
 from test_ui_browser import CHROMIUM, CHROMIUM_ARGS, _missing as browser_missing
 
-from noisealign import cli
-
-SWEEP = """
-seeds = [0, 1]
-optimize = ["digit:3"]
-evaluate = ["digit:8", "brightness"]
-
-[model]
-name = "digits"
-
-[prompts]
-list = ["", "8"]
-
-[[methods]]
-method = "best-of-n"
-budgets = [2, 4]
-options = { steps = 4, batch-size = 4 }
-
-[[methods]]
-label = "demon-tweedie"
-method = "demon"
-budgets = [4]
-options = { K = 2, lookahead = "tweedie", steps = 6 }
-"""
-
 
 @pytest.fixture(scope="module")
-def report(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("browser")
-    (root / "sweep.toml").write_text(SWEEP)
-    out = root / "sweep"
-    assert cli.main(["sweep", str(root / "sweep.toml"), "--out", str(out), "--quiet"]) == 0
-    assert cli.main(["report", str(out)]) == 0
-    return out
-
-
-@pytest.fixture(scope="module")
-def page(report):
+def page(swept):
     reason = browser_missing()
     if reason:
         if os.environ.get("CI"):
@@ -68,7 +33,7 @@ def page(report):
         requests, errors = [], []
         page.on("request", lambda request: requests.append(request.url))
         page.on("pageerror", lambda error: errors.append(str(error)))
-        page.goto((report / "report.html").as_uri())
+        page.goto((swept / "report.html").as_uri())
         page.wait_for_load_state("load")
         yield page
         browser.close()
@@ -76,12 +41,12 @@ def page(report):
     assert all(url.startswith(("file:", "data:")) for url in requests), requests
 
 
-def test_the_tables_show_the_numbers_of_results_jsonl(page, report):
+def test_the_tables_show_the_numbers_of_results_jsonl(page, swept):
     for table in ("summary", "budgets-digit", "cross-reward", "hacking", "diversity"):
         assert page.is_visible(f"table#{table}"), table
-    lines = [json.loads(line) for line in (report / "results.jsonl").read_text().splitlines()]
+    lines = [json.loads(line) for line in (swept / "results.jsonl").read_text().splitlines()]
     rows = page.locator("table#summary tbody tr")
-    assert rows.count() == 3
+    assert rows.count() == 6   # (best-of-n at 2 and 4, demon at 4) x (digit:3, digit:8)
     for r in range(rows.count()):
         cells = rows.nth(r).locator("td")
         label, reward, budget = (cells.nth(i).inner_text() for i in range(3))
@@ -101,16 +66,16 @@ def test_the_tables_show_the_numbers_of_results_jsonl(page, report):
     assert shown == pytest.approx(np.mean(list(baselines.values())), rel=1e-12)
 
 
-def test_every_image_loads_and_the_plot_renders(page, report):
+def test_every_image_loads_and_the_plot_renders(page, swept):
     images = page.locator("img.grid-image")
-    assert images.count() == 2 * 3 * 2   # prompts x (plain, best-of-n, demon) x seeds
+    assert images.count() == 2 * (1 + 2 * 2) * 2   # prompts x (plain, (best-of-n, demon) x optimized) x seeds
     loaded = page.evaluate("Array.from(document.querySelectorAll('img.grid-image'))"
                            ".map(img => img.complete && img.naturalWidth > 0)")
     assert all(loaded) and page.get_attribute("img.grid-image", "src").startswith("data:image/png;base64,")
     plot = page.locator("figure.plot svg")
     assert plot.count() == 1 and plot.bounding_box()["width"] > 600
     assert "reward queries" in plot.text_content() and "plain (baseline)" in plot.text_content()
-    screenshot = report / "report.png"
+    screenshot = swept / "report.png"
     page.screenshot(path=screenshot)
     assert screenshot.stat().st_size > 20_000
     if os.environ.get("NOISEALIGN_REPORT_SCREENSHOT"):

@@ -266,7 +266,7 @@ def test_method_options_are_generates_flags_and_flags_override_the_file(tmp_path
     assert spec.seeds == (3, 4, 5) and spec.evaluate == ("jpeg",) and [m.label for m in spec.methods] == ["demon"]
     assert spec.methods[0].budgets == (8,) and spec.methods[0].config == DemonConfig(K=4, lookahead_steps=4)
     full = load_spec(ROOT / "examples" / "digits.toml")
-    assert len(cells_of(full)) == (6 * 6 + 7 + 1 + 2 + 2) * 3 * 8
+    assert len(cells_of(full)) == (6 * 6 + 8 + 2 + 2 + 2) * 3 * 8
     assert full.methods[0].config == DemonConfig()
 
 
@@ -393,3 +393,37 @@ def test_ray_replaces_a_dead_worker_and_records_a_cell_that_keeps_failing(ray_cl
     failed = lines["always_fails"]
     assert failed["status"] == "failed" and failed["attempts"] == 2 and "always fails" in failed["error"]
     assert json.loads((out / failed["run_dir"] / "result.json").read_text())["status"] == "failed"
+
+
+def test_a_signal_stops_a_ray_sweep_and_resume_on_ray_finishes_it(tmp_path):
+    """SIGINT to the driver of a Ray sweep (its own local cluster, 2 workers): exit 130, one line,
+    results.jsonl holds exactly the finished cells, and rerunning the command on Ray runs only the
+    rest and leaves the finished lines as they were."""
+    pytest.importorskip("ray")
+    spec = tiny(tmp_path, '"python:misbehaving_rewards.slow_after_marker"', seeds="[0, 1, 2, 3, 4, 5]")
+    out, marker = tmp_path / "out", tmp_path / "marker"
+    command = [sys.executable, "-m", "noisealign", "sweep", str(spec), "--out", str(out), "--quiet",
+               "--executor", "ray", "--workers", "2"]
+    # 4 reward calls a cell, counted per worker process: call 6 is inside a worker's second cell
+    env = {**ENV, "NOISEALIGN_TEST_MARKER": str(marker), "NOISEALIGN_TEST_AFTER": "6", "NOISEALIGN_TEST_SLEEP": "0.5",
+           "RAY_USAGE_STATS_ENABLED": "0"}
+    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 180
+    while not marker.exists():
+        assert process.poll() is None, process.communicate()[1]
+        assert time.monotonic() < deadline, "the reward was never called"
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err
+    finished = lines_of(out)
+    assert 1 <= len(finished) < 6 and all(line["status"] == "complete" for line in finished)
+    assert err.strip().splitlines() == [f"stopped (SIGINT): {len(finished)} of 6 cells finished in {out}; "
+                                        "rerun the same command to resume"], err
+
+    resumed = subprocess.run(command, cwd=ROOT, env={**env, "NOISEALIGN_TEST_AFTER": "1000000"},
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    lines = lines_of(out)
+    assert lines[:len(finished)] == finished and sorted(line["seed"] for line in lines) == list(range(6))
+    assert all(line["status"] == "complete" for line in lines)

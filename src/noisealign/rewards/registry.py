@@ -37,8 +37,15 @@ def _digit(argument: str | None) -> Reward:
     return DigitLogOdds.from_argument(argument)
 
 
+def _digit_judge(argument: str | None) -> Reward:
+    from .digit_judge import DigitJudge  # loads the bundled examples only when asked
+
+    return DigitJudge.from_argument(argument)
+
+
 REWARDS: dict[str, RewardFactory] = {
     "digit": _digit,
+    "digit_judge": _digit_judge,
     "jpeg": JpegCompressibility.from_argument,
     "brightness": Brightness.from_argument,
     "coordinate": Coordinate.from_argument,
