@@ -259,8 +259,9 @@ look-ahead on one VP and two flow families."""
 @pytest.mark.parametrize("family", LOOKAHEADS)
 def test_every_method_runs_on_every_family(family, pipelines, tmp_path_factory):
     """plain (the stochastic sampler, eta 1), best-of-n, Demon (its beta-SDE), DNO (DDIM eta 1),
-    FK, SVDD, beam, zo-search and path-search through the VAE, within budget; each regenerates
-    its image exactly, plain by running again, the others from their saved noises."""
+    guidance and ReNO (their gradients through the VAE; ReNO at the model's own steps if few-step,
+    else 2), FK, SVDD, beam, zo-search and path-search, within budget; each regenerates its image
+    exactly, plain by running again, the others from their saved noises."""
     from noisealign.align import align
     from noisealign.methods.best_of_n import BestOfN, BestOfNConfig
     from noisealign.methods.demon import Demon, DemonConfig
@@ -268,7 +269,9 @@ def test_every_method_runs_on_every_family(family, pipelines, tmp_path_factory):
     from noisealign.methods.candidates import ValueConfig
     from noisealign.methods.dno import Dno, DnoConfig
     from noisealign.methods.fk import FeynmanKac, FkConfig
+    from noisealign.methods.guidance import Guidance, GuidanceConfig
     from noisealign.methods.path_search import PathSearch, PathSearchConfig
+    from noisealign.methods.reno import Reno, RenoConfig
     from noisealign.methods.svdd import Svdd, SvddConfig
     from noisealign.methods.zo_search import ZoSearch, ZoSearchConfig
 
@@ -281,7 +284,9 @@ def test_every_method_runs_on_every_family(family, pipelines, tmp_path_factory):
     # network's float rounding may differ between batch sizes.
     methods = [(Plain(PlainConfig(steps=3, eta=1.0)), 0),
                (BestOfN(BestOfNConfig(batch_size=1, sampler=PlainConfig(steps=3))), 2), (Demon(demon), 4),
-               (Dno(DnoConfig(mode="grad", steps=2, iterations=1)), 2)]
+               (Dno(DnoConfig(mode="grad", steps=2, iterations=1)), 2),
+               (Guidance(GuidanceConfig(steps=2, recurrence=1)), 2),
+               (Reno(RenoConfig(steps=None if few_step else 2, iterations=1)), 2)]
     value = ValueConfig(lookahead=LOOKAHEADS[family], lookahead_steps=2)   # FK, SVDD, beam, path-search
     methods += [(FeynmanKac(FkConfig(particles=2, steps=2, resample_every=1, value=value)), 4),
                 (Svdd(SvddConfig(candidates=2, steps=2, value=value)), 2),

@@ -84,6 +84,30 @@ def test_each_regularizer_grows_on_the_drifts_it_sees():
     assert grown["mean"]["chi-norm"] < 2 and grown["aligned"]["chi-norm"] == pytest.approx(0, abs=1e-9)
 
 
+@pytest.mark.parametrize("drift, sizes", [
+    ("coordinate", (2, 5, 10)),                 # one coordinate of every noise, in standard deviations
+    ("shift", (0.2, 0.5, 1.0)),                 # every element
+    ("scale", (1.1, 1.2, 1.5)),
+    ("shrink", (0.9, 0.8, 0.5)),
+])
+def test_every_regularizer_grows_with_the_size_of_each_drift(drift, sizes):
+    """From Gaussian noise (size 0) every regularizer rises strictly with the drift, and far: these
+    are the drifts all three see, unlike the aligned signs above."""
+    z = gaussian()
+
+    def drifted(size):
+        x = z.clone()
+        if drift == "coordinate":
+            x[:, 0] += size
+            return x
+        return x + size if drift == "shift" else x * size
+
+    for name, fn in regularizers().items():
+        values = [float(fn(z))] + [float(fn(drifted(size))) for size in sizes]
+        assert all(a < b for a, b in zip(values, values[1:])), (name, values)
+        assert values[-1] > values[0] + 20, (name, values)
+
+
 def test_moments_sees_a_direction_the_noises_share_with_alternating_signs():
     """A reward gradient's direction with signs that cancel in every mean: the top singular value."""
     z = gaussian()

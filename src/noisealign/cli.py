@@ -84,6 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
                           help="same seed, same result (docs/determinism.md says under which conditions); 0 .. 2^63-1")
     generate.add_argument("--grid", type=integer, default=1,
                           help="also run seeds seed+1 .. seed+GRID-1 and write grid.png (baselines above, aligned below)")
+    generate.add_argument("--seed-batch", type=integer, default=None, metavar="K",
+                          help="dno, guidance, reno: run the grid's seeds K at a time as one batch (default: all "
+                               "on a GPU; 1 on CPU, where a batch is faster but a grid cell may then differ in the "
+                               "last bits from its seed run alone; lower K if a GPU runs out of memory)")
     generate.add_argument("--out", default=None, help="run folder (default: a new folder under runs/); never overwritten")
     _add_model_arguments(generate.add_argument_group("model loading options (each model takes some; "
                                                       "one it does not take is an error)"))
@@ -219,7 +223,8 @@ def _generate(args: argparse.Namespace) -> int:
     options = {k: getattr(args, k) for k in LOADING_OPTIONS}
     request = RunRequest(model=args.model, method=args.method, method_config=args.method_config, reward=args.reward,
                          prompt=args.prompt, negative_prompt=args.negative_prompt, guidance=args.guidance,
-                         budget=args.budget, seed=args.seed, grid=args.grid, out=args.out, model_options=options)
+                         budget=args.budget, seed=args.seed, grid=args.grid, seed_batch=args.seed_batch, out=args.out,
+                         model_options=options)
     run = prepare(request, _reward_registry(args))
     try:
         with stop_on_signals():

@@ -5,7 +5,8 @@
 2. `prepare` loads the model and the reward and plans the method for the budget
    (`Method.plan`): every combination that cannot run is refused here, before any file exists.
 3. `execute` creates the run folder exclusively (`RunFolder`), writes result.json with
-   status "running", runs the baseline and the method for each seed, and writes the run
+   status "running", runs the baseline and the method for each seed (the seeds of a method
+   with a batch path `--seed-batch` at a time, `batch.align_batch`), and writes the run
    folder whatever happens: status "complete", "interrupted" (Ctrl-C, SIGTERM) or "failed",
    with the trace so far and the best sample so far with its noise. A stopped run re-raises
    the exception (RunInterrupted / RunFailed) after writing, its `outcome` attached.
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .align import COMPLETE, FAILED, INTERRUPTED, Outcome, RunFailed, RunInterrupted, align, baseline
+from .batch import align_batch, batched, seed_batch_size, seed_chunks
 from .errors import NoiseAlignError
 from .methods.base import Method, Observer, Problem, StepEvent
 from .methods.registry import METHODS
@@ -34,6 +36,8 @@ from .stopping import signal_of
 SEED_LIMIT = 2 ** 63
 DEFAULT_REWARDS = {"digits": "digit:3", "gmm": "coordinate:0"}
 """The reward a model is aligned toward when none is given (diffusers models: aesthetic)."""
+BATCHED = [name for name, entry in METHODS.items() if batched(entry.method)]
+"""The methods that run several seeds as one batch (--seed-batch)."""
 
 
 @dataclass(frozen=True)
@@ -50,6 +54,7 @@ class RunRequest:
     budget: int = 256
     seed: int = 0
     grid: int = 1
+    seed_batch: int | None = None
     out: str | None = None
     model_options: dict[str, Any] = field(default_factory=dict)
 
@@ -67,6 +72,11 @@ class RunRequest:
             (self.grid < 1, f"--grid must be at least 1, got {self.grid}"),
             (self.seed + self.grid > SEED_LIMIT, f"--seed {self.seed} with --grid {self.grid} runs seeds past 2^63 - 1; "
                                                  "lower --seed or --grid"),
+            (self.seed_batch is not None and self.seed_batch < 1,
+             f"--seed-batch must be at least 1, got {self.seed_batch}"),
+            (self.seed_batch is not None and not batched(METHODS[self.method].method),
+             f"--seed-batch applies to {', '.join(BATCHED)}, which run seeds as one batch; "
+             f"{self.method} runs them one at a time, drop it"),
             (self.guidance is not None and not is_finite(self.guidance),
              f"--guidance must be a finite number, got {self.guidance}"),
         ]
@@ -104,8 +114,15 @@ class PreparedRun:
         """result.json's `config`: every resolved option, enough for `regenerate`."""
         r = self.request
         return {"method": asdict(self.method.config), "budget": r.budget, "guidance": r.guidance,
-                "negative_prompt": r.negative_prompt, "grid": r.grid,
+                "negative_prompt": r.negative_prompt, "grid": r.grid, "seed_batch": self.seed_batch,
                 "model_options": {k: v for k, v in r.model_options.items() if v is not None}}
+
+    @property
+    def seed_batch(self) -> int:
+        """K, the seeds the method runs as one batch (1 for a method without a batch path)."""
+        if not batched(self.method):
+            return 1
+        return seed_batch_size(self.request.seed_batch, self.request.grid, getattr(self.problem.model, "device", "cpu"))
 
 
 def prepare(request: RunRequest, reward_registry: dict | None = None, reward: Reward | None = None,
@@ -166,26 +183,28 @@ def execute(run: PreparedRun, progress: ProgressFactory | None = None) -> RunRep
         record = _record_head(run, folder.path)
         folder.write_result(record)
         trace, seeds = Trace(), []
-        aligning: SeedRecord | None = None    # the seed whose method is running, if any
+        aligning: list[SeedRecord] = []    # the seeds whose method is running
         try:
-            for seed in request.seeds:
-                primary = seed == request.seed
-                seeds.append(SeedRecord(seed, baseline(run.problem, seed)))
-                if primary:
-                    folder.save_output(seeds[-1].baseline.result.output, "baseline")
-                    record["baseline_reward"] = seeds[-1].baseline.final_reward
-                    record.update(_sample_report(run.problem.model, seeds[-1].baseline, "baseline_"))
-                observer = _chain(trace.record if primary else None, progress(seed) if progress else None)
-                aligning = seeds[-1]
-                aligning.aligned = align(run.problem, run.method, seed, request.budget, observer)
-                aligning = None
+            for chunk in seed_chunks(request.seeds, run.seed_batch):
+                for seed in chunk:
+                    seeds.append(SeedRecord(seed, baseline(run.problem, seed)))
+                    if seed == request.seed:
+                        folder.save_output(seeds[-1].baseline.result.output, "baseline")
+                        record["baseline_reward"] = seeds[-1].baseline.final_reward
+                        record.update(_sample_report(run.problem.model, seeds[-1].baseline, "baseline_"))
+                aligning = seeds[-len(chunk):]
+                observers = [_chain(trace.record if s is seeds[0] else None, progress(s.seed) if progress else None)
+                             for s in aligning]
+                for each, outcome in zip(aligning, _align(run, chunk, observers), strict=True):
+                    each.aligned = outcome
+                primary, aligning = aligning[0] is seeds[0], []
                 if primary:
                     _write_primary(folder, record, seeds[0].aligned, trace, run.problem.model)
         except (KeyboardInterrupt, NoiseAlignError) as stop:
-            if aligning is not None:
-                aligning.aligned = getattr(stop, "outcome", None)
-                if aligning is seeds[0] and aligning.aligned is not None:   # keep its best so far
-                    _write_primary(folder, record, aligning.aligned, trace, run.problem.model)
+            for each, kept in zip(aligning, getattr(stop, "outcomes", [getattr(stop, "outcome", None)])):
+                each.aligned = kept
+            if aligning and aligning[0] is seeds[0] and seeds[0].aligned is not None:   # keep its best so far
+                _write_primary(folder, record, seeds[0].aligned, trace, run.problem.model)
             _write_stopped(folder, record, seeds, trace, stop)
             if not isinstance(stop, (RunInterrupted, RunFailed)):   # stopped outside align (a baseline, a write)
                 stop = (RunFailed(str(stop), None) if isinstance(stop, NoiseAlignError)
@@ -200,6 +219,13 @@ def execute(run: PreparedRun, progress: ProgressFactory | None = None) -> RunRep
         folder.write_result(record)
         folder.check_rescued()
         return RunReport(folder.path, record, seeds)
+
+
+def _align(run: PreparedRun, seeds: list[int], observers: list[Observer]) -> list[Outcome]:
+    """The method's outcome for each seed: `align` for one, `align_batch` for several."""
+    if len(seeds) == 1:
+        return [align(run.problem, run.method, seeds[0], run.request.budget, observers[0])]
+    return align_batch(run.problem, run.method, seeds, run.request.budget, observers)
 
 
 def _record_head(run: PreparedRun, path: Path) -> dict[str, Any]:

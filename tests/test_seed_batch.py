@@ -1,0 +1,104 @@
+"""`generate --grid N --seed-batch K`: dno, guidance and reno run the grid's seeds K at a time
+through `align_batch`, each seed's outcome and grid cell as if run alone, under the run contract."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from noisealign import cli, generate
+from noisealign.batch import seed_batch_size, seed_chunks
+from noisealign.generate import RunRequest, execute, prepare
+from noisealign.methods.dno import DnoConfig
+from noisealign.methods.guidance import GuidanceConfig
+from noisealign.methods.reno import RenoConfig
+from test_run_contract import ENV, ROOT, noisealign, strict_json
+
+SMALL = {  # (config, budget): a few iterations or steps on the 2-D mixture
+    "dno": (DnoConfig(steps=8, regularizer="moments"), 5),
+    "guidance": (GuidanceConfig(steps=8, recurrence=1, scale=2.0), 8),
+    "reno": (RenoConfig(steps=4, lr=0.5), 5),
+}
+
+
+def grid_run(tmp_path, method: str, seed_batch: int | None, grid: int = 3):
+    config, budget = SMALL[method]
+    request = RunRequest(model="gmm", method=method, method_config=config, budget=budget, seed=4, grid=grid,
+                         seed_batch=seed_batch, out=str(tmp_path / f"{method}-{seed_batch}"))
+    return execute(prepare(request))
+
+
+@pytest.mark.parametrize("method", list(SMALL))
+def test_a_batched_grid_is_bit_identical_to_its_seeds_run_one_at_a_time_on_cpu(tmp_path, method, monkeypatch):
+    batches = []
+    align_batch = generate.align_batch
+    monkeypatch.setattr(generate, "align_batch", lambda problem, m, seeds, *rest: batches.append(seeds)
+                        or align_batch(problem, m, seeds, *rest))
+    batched = grid_run(tmp_path, method, seed_batch=2)                      # seeds 4, 5 as one batch, then 6 alone
+    assert batches == [[4, 5]] and batched.record["config"]["seed_batch"] == 2
+    alone = grid_run(tmp_path, method, seed_batch=None)                    # the CPU default: one at a time
+    assert batches == [[4, 5]] and alone.record["config"]["seed_batch"] == 1
+    for b, a in zip(batched.seeds, alone.seeds, strict=True):
+        assert torch.equal(b.aligned.result.output, a.aligned.result.output)
+        assert all(torch.equal(b.aligned.result.noises[k], v) for k, v in a.aligned.result.noises.items())
+        assert (b.aligned.ledger.reward_queries, b.aligned.ledger.nfe) == (a.aligned.ledger.reward_queries,
+                                                                            a.aligned.ledger.nfe)
+        assert b.aligned.final_reward == a.aligned.final_reward
+        assert b.aligned.result.info == a.aligned.result.info
+    without_seconds = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]  # noqa: E731
+    assert without_seconds(batched.record["grid"]) == without_seconds(alone.record["grid"])
+    assert (batched.folder / "image.json").read_bytes() == (alone.folder / "image.json").read_bytes()
+
+
+def test_the_default_is_every_seed_on_an_accelerator_and_one_on_cpu():
+    assert seed_batch_size(None, 8, "cuda") == 8 and seed_batch_size(None, 8, torch.device("cpu")) == 1
+    assert seed_batch_size(3, 8, "cpu") == 3 and seed_batch_size(16, 8, "cuda:1") == 8
+    assert seed_chunks(range(10, 15), 2) == [[10, 11], [12, 13], [14]]
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--method", "dno", "--grid", "4", "--seed-batch", "0"], "--seed-batch must be at least 1, got 0"),
+    (["--method", "best-of-n", "--grid", "4", "--seed-batch", "2"], "--seed-batch applies to dno, reno, guidance"),
+    (["--method", "reno", "--seed-batch", "two"], "--seed-batch"),
+])
+def test_a_bad_seed_batch_is_one_line_exit_2_and_nothing_written(tmp_path, capsys, flags, message):
+    out = tmp_path / "run"
+    try:
+        code = cli.main(["generate", "--quiet", "--model", "gmm", "--out", str(out), *flags])
+    except SystemExit as parser_exit:                                      # argparse's own errors
+        code = parser_exit.code
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1 and not out.exists()
+
+
+def test_a_sigterm_during_a_batched_grid_keeps_the_seeds_that_finished(tmp_path):
+    """Grid 4 in batches of 2: the reward slows down in the second batch (its 19th call: the first
+    batch's 2 baselines, 10 queries and 2 final scores, then 2 baselines), where SIGTERM lands."""
+    out, marker = tmp_path / "run", tmp_path / "marker"
+    env = {**ENV, "NOISEALIGN_TEST_MARKER": str(marker), "NOISEALIGN_TEST_AFTER": "19", "NOISEALIGN_TEST_SLEEP": "0.3"}
+    process = subprocess.Popen([sys.executable, "-m", "noisealign", "generate", "--quiet", "--out", str(out),
+                                "--model", "gmm", "--reward", "python:misbehaving_rewards.slow_after_marker",
+                                "--method", "dno", "--steps", "6", "--budget", "10", "--grid", "4", "--seed-batch", "2"],
+                               cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        while not marker.exists():
+            assert process.poll() is None, process.communicate()[1]
+            time.sleep(0.05)
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 143 and "Traceback" not in err and "interrupted" in err, err
+    result = strict_json(out / "result.json")
+    assert result["status"] == "interrupted" and result["signal"] == "SIGTERM"
+    assert [row["seed"] for row in result["grid"]] == [0, 1]                 # the first batch, complete
+    assert result["reward_queries"] == 10 and (out / "image.json").exists() and (out / "noise.pt").exists()
+    again = noisealign("regenerate", str(out))
+    assert again.returncode == 0 and "identical" in again.stdout, again.stdout + again.stderr
+    assert json.loads((out / "result.json").read_text())["config"]["seed_batch"] == 2
