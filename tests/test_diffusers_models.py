@@ -297,6 +297,8 @@ def test_every_method_runs_on_every_family(family, pipelines, tmp_path_factory):
         outcome = align(problem, method, SEED, budget)
         assert outcome.ledger.reward_queries == budget
         assert torch.isfinite(outcome.result.output).all() and outcome.result.output.shape[1] == 3
+        if method.name == "guidance":                          # the reward's gradient came back through the VAE
+            assert outcome.result.noises["guidance"].abs().sum() > 0
         context = RunContext(problem, SEED, Ledger())
         again = method.regenerate(context, outcome.result.noises) if outcome.result.noises else method.run(context)
         assert torch.equal(again.output, outcome.result.output), method.name
