@@ -218,6 +218,33 @@ def test_session_takes_a_persons_clicks():
     assert session.finish().shape == (1, 2) and context.ledger.reward_queries == 0
 
 
+def test_restoring_a_snapshot_replays_the_same_candidates_steps_and_counts():
+    context = RunContext(Problem(MODEL, first_coordinate), 0, Ledger())
+    session = DemonSession(context, fast(K=4))
+
+    def two_steps():
+        taken = []
+        for _ in range(2):
+            looks = session.propose()
+            taken.append((looks, session.choose(context.score(looks)).rewards))
+        return taken, session.snapshot()
+
+    with torch.inference_mode():
+        start = session.snapshot()
+        first, after_first = two_steps()
+        session.propose()                  # a pending proposal is dropped by restore
+        session.restore(start)
+        with pytest.raises(NoiseAlignError, match="propose"):
+            session.choose(torch.ones(4))
+        assert session.index == 0 and context.ledger.reward_queries == 0 and context.ledger.nfe == 0
+        second, after_second = two_steps()
+    assert all(torch.equal(a, b) for pair, again in zip(first, second) for a, b in zip(pair, again))
+    assert torch.equal(after_first.state.x, after_second.state.x) and after_first.counts == after_second.counts
+    assert all(torch.equal(a, b) for a, b in zip(after_first.state.chosen, after_second.state.chosen))
+    with pytest.raises(AttributeError):
+        after_first.state.index = 0        # snapshots are immutable
+
+
 def test_session_resolves_k_and_the_grid_like_demon_run():
     unbounded = DemonSession(RunContext(Problem(MODEL, reward=None), 0, Ledger()), DemonConfig(K=8))
     assert (unbounded.config.K, unbounded.config.grid_points) == (8, 64)

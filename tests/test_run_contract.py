@@ -24,7 +24,19 @@ FAST = {  # each method's smallest sensible run on the digits model
     "best-of-n": ["--method", "best-of-n", "--steps", "6", "--batch-size", "2", "--budget", "40"],
     "demon": ["--method", "demon", "--K", "2", "--lookahead", "tweedie", "--budget", "40"],
     "dno": ["--method", "dno", "--steps", "6", "--budget", "40"],
+    "fk": ["--method", "fk", "--steps", "8", "--particles", "4", "--budget", "40"],
+    "svdd": ["--method", "svdd", "--candidates", "4", "--budget", "40"],
+    "beam": ["--method", "beam", "--beams", "2", "--candidates", "2", "--budget", "40"],
+    "zo-search": ["--method", "zo-search", "--steps", "6", "--neighbours", "4", "--budget", "40"],
+    "path-search": ["--method", "path-search", "--paths", "2", "--branches", "2", "--budget", "40"],
+    "guidance": ["--method", "guidance", "--steps", "8", "--budget", "40"],
+    "reno": ["--method", "reno", "--steps", "2", "--budget", "40"],
 }
+SEARCHING = ["best-of-n", "demon", "dno", "fk", "svdd", "beam", "zo-search", "path-search", "guidance", "reno"]
+"""The methods that keep a best sample so far: every one is interrupted and made to fail."""
+SIGNALLED = [(method, signum) for method in SEARCHING[:3] for signum in (signal.SIGINT, signal.SIGTERM)] + [
+    (method, (signal.SIGINT, signal.SIGTERM)[i % 2]) for i, method in enumerate(SEARCHING[3:])]
+"""Both signals for the first three methods, one each (alternating) for the others, to keep the suite fast."""
 
 
 def noisealign(*argv: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -153,8 +165,7 @@ def _wait_for(marker: Path, process: subprocess.Popen, seconds: float = 60) -> N
         time.sleep(0.05)
 
 
-@pytest.mark.parametrize("method", ["best-of-n", "demon", "dno"])
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("method, signum", SIGNALLED, ids=[f"{method}-{signum.name}" for method, signum in SIGNALLED])
 def test_a_signal_keeps_the_trace_and_the_best_sample_which_regenerates(tmp_path, method, signum):
     process, out, marker = _start(tmp_path, FAST[method], method)
     _wait_for(marker, process)
@@ -184,7 +195,7 @@ def test_plain_interrupted_keeps_result_json(tmp_path):
 
 # ---- a failing reward -------------------------------------------------------------------------
 
-@pytest.mark.parametrize("method", ["best-of-n", "demon", "dno"])
+@pytest.mark.parametrize("method", SEARCHING)
 def test_a_reward_failing_mid_run_keeps_the_best_sample_with_status_failed(tmp_path, method):
     out = tmp_path / method
     done = noisealign("generate", "--quiet", "--out", str(out), "--reward", "python:misbehaving_rewards.fails_at_call",

@@ -191,7 +191,7 @@ def test_resume_replays_to_the_same_bits(session):
     resumed = HumanSession.resume(session.run_dir, model=TinyImages())
     assert resumed.replay_diverged_at is None and resumed.undone == 1
     assert torch.equal(resumed.x, session.x) and torch.equal(resumed.candidates, session.candidates)
-    assert all(torch.equal(a, b) for a, b in zip(resumed.demon.chosen, session.demon.chosen))
+    assert all(torch.equal(a, b) for a, b in zip(resumed.demon.state.chosen, session.demon.state.chosen))
     assert [g.get_state().tolist() for g in resumed.demon.streams.generators] == \
            [g.get_state().tolist() for g in session.demon.streams.generators]
     assert resumed.previews == session.previews and resumed.trace.rows == session.trace.rows

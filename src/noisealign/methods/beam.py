@@ -82,8 +82,9 @@ class Beam:
         """Beam search with W, M and the grid resolved for `budget` (see BeamConfig)."""
         check_lookahead(problem.model, self.config.value.lookahead)
         default_beams, default_candidates = default_widths(budget)
-        beams = self.config.beams or default_beams
-        candidates = self.config.candidates or max(1, default_beams * default_candidates // beams)
+        beams = default_beams if self.config.beams is None else self.config.beams
+        candidates = (max(1, default_beams * default_candidates // beams) if self.config.candidates is None
+                      else self.config.candidates)
         steps = fit_steps(problem.model, NoisyStep("ancestral", self.config.eta), beams * candidates, budget,
                           self.config.steps, UNBOUNDED_STEPS, "beam")
         return Beam(replace(self.config, beams=beams, candidates=candidates, steps=steps))

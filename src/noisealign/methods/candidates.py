@@ -17,9 +17,9 @@ most `candidate_batch` candidates (a memory bound); every value is one reward qu
 run's ledger.
 
 Demon's step is this at P = 1 with NoisyStep("beta-sde", beta): `DemonSession.propose()` is
-`candidate_noises` + `propose` + `CandidateValues.outputs` (its look-ahead factory becomes
-`clean_estimator`), `Demon.run` scores them with `CandidateValues`, and `choose()` combines the
-K noises into z* where the methods here keep one.
+`candidate_noises` + `propose` + `CandidateValues.outputs`, scored by the run's reward in one
+call (or judged by a person), and `choose()` combines the K noises into z* where the methods
+here keep one.
 """
 
 from __future__ import annotations

@@ -5,6 +5,8 @@ docs/demon.md. At a step sigma -> sigma_next, K noises z_k give K candidates
 x_k = step(x, z_k); each is scored through a clean estimate, r_k = r(decode(c(x_k, sigma_next))),
 and the step is taken with z* = sqrt(N) normalize(sum_k b_k z_k), b the demon's weights.
 No gradient is ever taken, so any reward works (a classifier, JPEG size, a person's clicks).
+The candidate step and the look-ahead are candidates.py's, shared with SVDD, beam and FK;
+what is Demon's own is `weigh`, the step from K rewards to z*.
 
 Departures from the official code, on purpose: D(x, sigma) is computed once per step and
 shared by the K candidates; the adaptive tau is the std of each step's own rewards (the
@@ -19,19 +21,19 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from functools import partial
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
-from ..budget import CountedDenoiser
-from ..engine import beta_sde_step, karras_sigmas, ode_lookahead, sample_beta_sde, sample_ode
-from ..engine.samplers import ODE_SOLVERS, DenoiserFn
+from ..engine import karras_sigmas, sample_beta_sde, sample_ode
+from ..engine.samplers import ODE_SOLVERS
 from ..engine.schedules import karras_position
 from ..errors import NoiseAlignError
 from ..models.base import DiffusionModel
 from ..options import check, is_finite, number_or, option, shared
 from .base import MethodResult, Problem, RunContext, StepEvent
+from .candidates import CandidateValues, NoisyStep, ValueConfig, candidate_noises, check_lookahead, propose
 
 PAPER_SIGMA_MAX, PAPER_SIGMA_MIN, PAPER_ODE_AFTER, PAPER_BETA = 14.648, 0.002, 0.11, 0.1
 """The official code's Stable Diffusion grid, its switch to the ODE and its beta, for scaling."""
@@ -112,6 +114,11 @@ class DemonConfig:
             (self.candidate_batch < 1, f"--candidate-batch {self.candidate_batch}: need at least 1"),
         ], "demon")
 
+    @property
+    def value(self) -> ValueConfig:
+        """The look-ahead options as the shared candidate machinery takes them (candidates.py)."""
+        return ValueConfig(self.lookahead, self.lookahead_solver, self.lookahead_steps, self.candidate_batch)
+
     def beta_for(self, model: DiffusionModel) -> float:
         """The resolved beta on `model`'s sigma range (see the class docstring)."""
         return PAPER_BETA * PAPER_SIGMA_MAX / model.sigma_max if self.beta is None else self.beta
@@ -137,11 +144,6 @@ def default_K(budget: int | None) -> int:
     candidates on fewer, coarser steps choose less often.
     """
     return 16 if budget is None else max(1, min(16, budget // 16))
-
-
-def supports_consistency(model: DiffusionModel) -> bool:
-    """Whether the model has a few-step (consistency) estimate for the look-ahead."""
-    return getattr(model, "consistency_estimate", None) is not None and getattr(model, "supports_consistency", True)
 
 
 def demon_steps_on(grid_points: int, model: DiffusionModel, ode_after: float) -> int:
@@ -200,14 +202,81 @@ def combine_noises(z: Tensor, weights: Tensor) -> Tensor | None:
     return (math.sqrt(total.numel()) / norm * total).to(z.dtype).unsqueeze(0)
 
 
+class Weighing(NamedTuple):
+    """One demon step's choice: z*, the temperature used, whether it fell back to candidate 0's
+    noise, and the largest |b_k| as a share of sum |b_k|."""
+
+    z_star: Tensor
+    tau: float
+    degenerate: bool
+    max_weight: float
+
+
+def weigh(z: Tensor, rewards: Tensor, demon: str, tau: float | str) -> Weighing:
+    """z* of one step from its K noises z (K, *shape) and their rewards (K,), float64.
+
+    K = 1 has nothing to choose: the candidate's noise is used as drawn, so Demon with K = 1 is
+    plain beta-SDE sampling. Tied rewards, or weights whose sum of noises vanishes, fall back to
+    candidate 0's noise: a fresh standard normal, like plain. tau "adaptive" is the std of these
+    rewards (undefined for a single candidate).
+    """
+    if tau == "adaptive":
+        tau = float(rewards.std()) if len(rewards) > 1 else math.nan
+    tau = float(tau)
+    if len(z) == 1:
+        return Weighing(z[:1], tau, False, 1.0)
+    if rewards_tied(rewards):
+        return Weighing(z[:1], tau, True, 1.0)
+    weights = WEIGHTS[demon](rewards, tau)
+    z_star = combine_noises(z, weights)
+    if z_star is None:
+        return Weighing(z[:1], tau, True, 1.0)
+    return Weighing(z_star, tau, False, float(weights.abs().max() / weights.abs().sum()))
+
+
+@dataclass(frozen=True)
+class DemonState:
+    """Where a Demon run stands between two steps. Its tensors are never written in place."""
+
+    x: Tensor                               # the state at the grid's point `index`
+    index: int = 0
+    chosen: tuple[Tensor, ...] = ()         # z* of every step taken
+    degenerate_steps: int = 0
+    tau: float | None = None                # the last step's temperature
+    last_rewards: Tensor | None = None      # the last step's candidate rewards
+
+    def advance(self, x: Tensor, weighing: Weighing, rewards: Tensor) -> "DemonState":
+        """The state after a step to x with `weighing`'s z*."""
+        return DemonState(x, self.index + 1, (*self.chosen, weighing.z_star),
+                          self.degenerate_steps + weighing.degenerate, weighing.tau, rewards)
+
+
+@dataclass(frozen=True)
+class DemonSnapshot:
+    """Everything `DemonSession.restore` needs to continue exactly as from here: the state, the
+    noise streams' generator states and the ledger's counters (queries, NFE, evaluations, calls)."""
+
+    state: DemonState
+    generators: tuple[Tensor, ...]
+    counts: tuple[int, int, int, int]
+
+
 class DemonSession:
     """Demon one step at a time, for the automatic reward and for a person alike.
 
-    `propose()` returns the decoded look-aheads of K fresh candidates of the current step;
-    `choose(rewards)` weighs their noises by those rewards (scores, or a person's clicks:
-    chosen +1, others -1), takes the step and returns its StepEvent; `finish()` integrates
-    the PF-ODE over the rest of the grid and returns the clean sample. `Demon.run` is this
-    loop with the run's reward.
+    One step from x at sigma to sigma_next (the paper's algorithm, section 4):
+
+        D = D(x, sigma)                                       one model call, shared
+        z_k ~ N(0, I),  x_k = step(x, D, z_k),  k = 1..K      the candidates (candidates.propose)
+        r_k = r(decode(c(x_k, sigma_next)))                   propose() -> the caller's reward
+        b = tanh((r - mean r) / tau)  or  softmax(r / tau)    choose(r): `weigh`
+        z* = sqrt(N) normalize(sum_k b_k z_k),  x <- step(x, D, z*)
+
+    `propose()` returns the decoded look-aheads; `choose(rewards)` takes the step with those
+    rewards (scores, or a person's clicks: chosen +1, others -1) and returns its StepEvent;
+    `finish()` integrates the PF-ODE over the rest of the grid. `snapshot()` and `restore()`
+    take the session back to an earlier step (the web app's undo). `Demon.run` is this loop
+    with the run's reward.
     """
 
     def __init__(self, context: RunContext, config: DemonConfig):
@@ -217,17 +286,22 @@ class DemonSession:
         model = context.model
         self.sigmas = karras_sigmas(config.grid_points, model.sigma_min, model.sigma_max)
         self.beta, self.ode_after = config.beta_for(model), config.ode_after_for(model)
+        self.step = NoisyStep("beta-sde", self.beta)
         self.demon_steps = demon_steps_on(config.grid_points, model, self.ode_after)
-        self.lookahead = _make_lookahead(context, config)
+        self.values = CandidateValues(context, config.value)
         self.streams = context.noise_streams(range(config.K))
         self.z_T = self.streams.draw()[:1]
-        self.x = model.prior_std(float(self.sigmas[0])) * self.z_T
-        self.index = 0                      # the grid position of x
-        self.chosen: list[Tensor] = []      # z* of every step taken
-        self.degenerate_steps = 0
-        self.tau: float | None = None       # the last step's temperature
-        self.last_rewards: Tensor | None = None   # the last step's candidate rewards
-        self._pending: tuple[Tensor, Tensor] | None = None  # (z_k, denoised) of the proposed step
+        self.state = DemonState(model.prior_std(float(self.sigmas[0])) * self.z_T)
+        self._pending: tuple[Tensor, Tensor] | None = None  # (z_k, D) of the proposed step
+
+    @property
+    def x(self) -> Tensor:
+        return self.state.x
+
+    @property
+    def index(self) -> int:
+        """The grid position of x."""
+        return self.state.index
 
     @property
     def sigma(self) -> float:
@@ -243,12 +317,11 @@ class DemonSession:
         if self.stochastic_steps_left == 0:
             raise NoiseAlignError(f"no demon step left below sigma {self.sigma:.4g}; call finish()")
         sigma, sigma_next = self.sigma, float(self.sigmas[self.index + 1])
-        denoised = self.context.denoiser(self.x, sigma)   # shared by all K candidates
-        z = self.streams.draw()
-        candidates = beta_sde_step(self.x, sigma, sigma_next, denoised, z, self.beta)
-        estimates = [self.lookahead(chunk, sigma_next) for chunk in candidates.split(self.config.candidate_batch)]
-        self._pending = (z, denoised)
-        return self.context.model.decode(torch.cat(estimates))
+        denoised = self.context.denoiser(self.x, sigma)
+        z = candidate_noises(self.streams, 1)
+        candidates = propose(self.step, self.x, sigma, sigma_next, denoised, z)[0]
+        self._pending = (z[0], denoised)
+        return torch.cat(list(self.values.outputs(candidates, sigma_next)))
 
     def choose(self, rewards: Tensor) -> StepEvent:
         """Weigh the proposed noises by `rewards` (K,), take the step with z*, report it."""
@@ -256,73 +329,41 @@ class DemonSession:
             raise NoiseAlignError("choose() needs candidates: call propose() first")
         z, denoised = self._pending
         if rewards.shape != (len(z),):
-            raise NoiseAlignError(f"choose() needs {len(z)} rewards, one per candidate, got shape {tuple(rewards.shape)}")
-        z_star, tau, degenerate, max_weight = self._weigh(z, rewards.detach().to(torch.float64).cpu())
+            raise NoiseAlignError(f"choose() needs {len(z)} rewards, one per candidate, got shape "
+                                  f"{tuple(rewards.shape)}")
+        weighing = weigh(z, rewards.detach().to(torch.float64).cpu(), self.config.demon, self.config.tau)
         sigma, sigma_next = self.sigma, float(self.sigmas[self.index + 1])
         event = StepEvent(step=self.index, sigma=sigma, x=self.x, denoised=denoised, rewards=rewards,
-                          extras={"tau": tau, "degenerate": float(degenerate), "max_weight": max_weight})
-        self.x = beta_sde_step(self.x, sigma, sigma_next, denoised, z_star, self.beta)
-        self.chosen.append(z_star)
-        self.degenerate_steps += degenerate
-        self.tau, self.index, self._pending = tau, self.index + 1, None
+                          extras={"tau": weighing.tau, "degenerate": float(weighing.degenerate),
+                                  "max_weight": weighing.max_weight})
+        x = self.step(self.x, sigma, sigma_next, denoised, weighing.z_star)
+        self.state, self._pending = self.state.advance(x, weighing, rewards), None
         return event
-
-    def _weigh(self, z: Tensor, rewards: Tensor) -> tuple[Tensor, float, bool, float]:
-        """(z*, tau, degenerate, share of the largest |b_k|) of one step.
-
-        K = 1 has nothing to choose: the candidate's noise is used as drawn, so Demon with
-        K = 1 is plain beta-SDE sampling. Tied rewards, or weights whose sum of noises
-        vanishes, fall back to candidate 0's noise: a fresh standard normal, like plain.
-        """
-        if self.config.tau != "adaptive":
-            tau = float(self.config.tau)
-        else:  # re-estimated at every step; undefined for a single candidate
-            tau = float(rewards.std()) if len(rewards) > 1 else math.nan
-        if len(z) == 1:
-            return z[:1], tau, False, 1.0
-        if rewards_tied(rewards):
-            return z[:1], tau, True, 1.0
-        weights = WEIGHTS[self.config.demon](rewards, tau)
-        z_star = combine_noises(z, weights)
-        if z_star is None:
-            return z[:1], tau, True, 1.0
-        return z_star, tau, False, float(weights.abs().max() / weights.abs().sum())
 
     def finish(self) -> Tensor:
         """Integrate the PF-ODE (Heun) from the current sigma over the rest of the grid to 0."""
         return sample_ode(self.context.denoiser, self.x, self.sigmas[self.index:], solver="heun")
 
+    def snapshot(self) -> DemonSnapshot:
+        """The session as it stands (take it before propose(): a proposal is not part of it)."""
+        ledger = self.context.ledger
+        return DemonSnapshot(self.state, tuple(g.get_state() for g in self.streams.generators),
+                             (ledger.reward_queries, ledger.nfe, ledger.network_evaluations, ledger.denoiser_calls))
+
+    def restore(self, snapshot: DemonSnapshot) -> None:
+        """Back to `snapshot`: the next propose() draws the very candidates it drew then."""
+        self.state, self._pending = snapshot.state, None
+        for generator, state in zip(self.streams.generators, snapshot.generators):
+            generator.set_state(state)
+        ledger = self.context.ledger
+        ledger.reward_queries, ledger.nfe, ledger.network_evaluations, ledger.denoiser_calls = snapshot.counts
+
     def noises(self) -> dict[str, Tensor]:
         """z_T and the z* of every step taken: with the grid, they regenerate the sample exactly
         (sample_beta_sde over the first len(z_star) steps, then sample_ode)."""
-        shape = (0, *self.z_T.shape)
-        z_star = torch.stack(self.chosen) if self.chosen else self.z_T.new_zeros(shape)
+        chosen = self.state.chosen
+        z_star = torch.stack(chosen) if chosen else self.z_T.new_zeros((0, *self.z_T.shape))
         return {"z_T": self.z_T, "z_star": z_star}
-
-
-def _make_lookahead(context: RunContext, config: DemonConfig) -> DenoiserFn:
-    """c(x, sigma) as a callable over a batch of candidates, its model calls counted."""
-    model = context.model
-    if config.lookahead == "ode":
-        return partial(_ode_lookahead, context.denoiser, model.sigma_min, model.sigma_max, config.lookahead_steps,
-                       config.lookahead_solver)
-    if config.lookahead == "tweedie":
-        return context.denoiser
-    if not supports_consistency(model):
-        raise NoiseAlignError(f"model {model.name!r} offers no consistency (few-step) estimate; "
-                              "use --lookahead ode or --lookahead tweedie")
-    estimate = model.consistency_estimate
-    cond = model.encode_prompt(context.problem.prompt)
-
-    def consistency(x: Tensor, sigma: float) -> Tensor:
-        return estimate(x, torch.as_tensor(sigma, dtype=x.dtype, device=x.device), cond)
-
-    return CountedDenoiser(consistency, context.ledger)
-
-
-def _ode_lookahead(denoiser: DenoiserFn, sigma_min: float, sigma_max: float, steps: int, solver: str,
-                   x: Tensor, sigma: float) -> Tensor:
-    return ode_lookahead(denoiser, x, sigma, sigma_min, sigma_max, steps, solver)
 
 
 class Demon:
@@ -341,9 +382,7 @@ class Demon:
         if budget is not None and budget < K:
             raise NoiseAlignError(f"demon needs at least K = {K} reward queries for one step, got a budget of "
                                   f"{budget}; raise --budget or lower --K")
-        if config.lookahead == "consistency" and not supports_consistency(model):
-            raise NoiseAlignError(f"model {model.name!r} offers no consistency (few-step) estimate; "
-                                  "use --lookahead ode or --lookahead tweedie")
+        check_lookahead(model, config.lookahead)
         config = replace(config, K=K)
         if config.grid_points is None:
             config = fit_grid(config, model, budget) if budget is not None else replace(config, grid_points=64)
@@ -361,8 +400,7 @@ class Demon:
             session = DemonSession(context, config)
             context.keep(lambda: self._result(context, session))
             while session.stochastic_steps_left > 0 and context.ledger.queries_left >= config.K:
-                session.last_rewards = context.score(session.propose())
-                context.observe(session.choose(session.last_rewards))
+                context.observe(session.choose(context.score(session.propose())))
             return self._result(context, session)
 
     @staticmethod
@@ -371,10 +409,11 @@ class Demon:
         with torch.inference_mode():
             sample = session.finish()
             output = context.model.decode(sample)
-        last = session.last_rewards
+        state = session.state
+        last = state.last_rewards
         info = {"K": session.config.K, "grid_points": session.config.grid_points,
-                "demon_steps": len(session.chosen), "degenerate_steps": session.degenerate_steps,
-                "final_tau": session.tau, "beta": session.beta, "ode_after": session.ode_after,
+                "demon_steps": len(state.chosen), "degenerate_steps": state.degenerate_steps,
+                "final_tau": state.tau, "beta": session.beta, "ode_after": session.ode_after,
                 "last_step_reward_mean": None if last is None else float(last.mean()),
                 "last_step_reward_max": None if last is None else float(last.max())}
         return MethodResult(sample=sample, output=output, reward=None, noises=session.noises(), info=info)

@@ -193,11 +193,10 @@ def choose(system: Particles, select: str, uniform: Callable[[int], Tensor], gro
 def plan_schedule(config: FkConfig, steps: int, budget: int | None) -> tuple[int, int]:
     """(N, k): particles and scoring interval, resolved from what is given and what the budget pays."""
     scorings = lambda every: len(scoring_steps(steps, every))  # noqa: E731
-    default_every = max(1, round(steps / SCORINGS_PER_RUN))
+    every = max(1, round(steps / SCORINGS_PER_RUN)) if config.resample_every is None else config.resample_every
     if budget is None:
-        return config.particles or UNBOUNDED_PARTICLES, config.resample_every or default_every
+        return UNBOUNDED_PARTICLES if config.particles is None else config.particles, every
     if config.particles is None:
-        every = config.resample_every or default_every
         particles = budget // scorings(every)
         if particles < 2:
             raise NoiseAlignError(f"fk needs at least 2 particles x {scorings(every)} scoring steps = "
@@ -228,7 +227,7 @@ class FeynmanKac:
     def plan(self, problem: Problem, budget: int | None) -> "FeynmanKac":
         """FK with the grid, N and k resolved for `budget` (see FkConfig)."""
         check_lookahead(problem.model, self.config.value.lookahead)
-        steps = self.config.steps or problem.model.default_steps
+        steps = problem.model.default_steps if self.config.steps is None else self.config.steps
         particles, every = plan_schedule(self.config, steps, budget)
         return FeynmanKac(replace(self.config, steps=steps, particles=particles, resample_every=every))
 
@@ -273,4 +272,5 @@ class FeynmanKac:
 
     def regenerate(self, context: RunContext, noises: dict[str, Tensor], info: dict | None = None) -> MethodResult:
         """A particle's lineage (noise.pt) rebuilt alone, as the run rebuilt its result."""
-        return rebuild(context, self.config.steps or context.model.default_steps, self.config.eta, noises, info)
+        steps = context.model.default_steps if self.config.steps is None else self.config.steps
+        return rebuild(context, steps, self.config.eta, noises, info)

@@ -108,16 +108,18 @@ class PathSearch:
         config, model = self.config, problem.model
         check_lookahead(model, config.value.lookahead)
         default_paths, default_branches = default_widths(budget)
-        paths = config.paths or default_paths
-        branches = config.branches or max(1, default_paths * default_branches // paths)
+        paths = default_paths if config.paths is None else config.paths
+        branches = max(1, default_paths * default_branches // paths) if config.branches is None else config.branches
         if budget is not None and budget < paths * branches:
             raise NoiseAlignError(f"path-search needs at least {paths * branches} reward queries for one round "
                                   f"({paths} paths x {branches} branches), got a budget of {budget}; raise --budget "
                                   "or lower --paths / --branches")
-        config = replace(config, paths=paths, branches=branches, solver=config.solver or model.default_solver)
-        fitted = model.default_steps if budget is None else fit_grid(config, budget // (paths * branches))
-        steps = config.steps or fitted
-        return PathSearch(replace(config, steps=steps))
+        solver = model.default_solver if config.solver is None else config.solver
+        config = replace(config, paths=paths, branches=branches, solver=solver)
+        if config.steps is None:
+            fitted = model.default_steps if budget is None else fit_grid(config, budget // (paths * branches))
+            config = replace(config, steps=fitted)
+        return PathSearch(config)
 
     def run(self, context: RunContext) -> MethodResult:
         """Spends N x M queries per round; hands back the best path rebuilt alone."""
@@ -153,7 +155,7 @@ class PathSearch:
     def _solve(self, context: RunContext, x: Tensor, sigmas: Tensor) -> Tensor:
         """The PF-ODE along `sigmas` for a batch of states, in chunks of candidate_batch."""
         chunks = x.split(self.config.value.candidate_batch)
-        solver = self.config.solver or context.model.default_solver
+        solver = context.model.default_solver if self.config.solver is None else self.config.solver
         return torch.cat([sample_ode(context.denoiser, chunk, sigmas, solver) for chunk in chunks])
 
     def _result(self, context: RunContext, genealogy: Genealogy, info: dict) -> MethodResult:

@@ -87,7 +87,7 @@ class Svdd:
     def plan(self, problem: Problem, budget: int | None) -> "Svdd":
         """SVDD with M and the grid resolved for `budget` (see SvddConfig)."""
         check_lookahead(problem.model, self.config.value.lookahead)
-        m = self.config.candidates or default_candidates(budget)
+        m = default_candidates(budget) if self.config.candidates is None else self.config.candidates
         steps = fit_steps(problem.model, NoisyStep("ancestral", self.config.eta), m, budget, self.config.steps,
                           UNBOUNDED_STEPS, "svdd")
         return Svdd(replace(self.config, candidates=m, steps=steps))

@@ -93,9 +93,11 @@ class ZoSearch:
         if budget is not None and budget < 2:
             raise NoiseAlignError(f"zo-search needs at least 2 reward queries (the pivot and one neighbour), got a "
                                   f"budget of {budget}; raise --budget")
-        return ZoSearch(replace(self.config, neighbours=self.config.neighbours or default_neighbours(budget),
-                                steps=self.config.steps or model.default_steps,
-                                solver=self.config.solver or model.default_solver))
+        config = self.config
+        neighbours = default_neighbours(budget) if config.neighbours is None else config.neighbours
+        return ZoSearch(replace(config, neighbours=neighbours,
+                                steps=model.default_steps if config.steps is None else config.steps,
+                                solver=model.default_solver if config.solver is None else config.solver))
 
     def run(self, context: RunContext) -> MethodResult:
         """Spends every query of the budget (UNBOUNDED_ROUNDS rounds without one)."""
@@ -134,10 +136,11 @@ class ZoSearch:
 
     def _sample(self, context: RunContext, z: Tensor) -> Tensor:
         """The plain ODE sample of noises z (the model's grid and solver where the config has none)."""
-        model = context.model
-        sigmas = model.sigmas(self.config.steps or model.default_steps)
+        model, config = context.model, self.config
+        sigmas = model.sigmas(model.default_steps if config.steps is None else config.steps)
         x = model.prior_std(float(sigmas[0])) * z.to(context.device)
-        return sample_ode(context.denoiser, x, sigmas, self.config.solver or model.default_solver)
+        solver = model.default_solver if config.solver is None else config.solver
+        return sample_ode(context.denoiser, x, sigmas, solver)
 
     def _result(self, context: RunContext, z: Tensor, reward: float, info: dict) -> MethodResult:
         result = self.regenerate(context, {"z_T": z.clone()})

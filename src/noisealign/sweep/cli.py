@@ -39,7 +39,7 @@ def add_parsers(commands: Any) -> None:
                      help="local: one worker in this process (default); ray: one actor per GPU or CPU worker")
     run.add_argument("--workers", type=integer, help="Ray actors (default: one per GPU, else per CPU / --threads)")
     run.add_argument("--ray-address", help="the Ray cluster (default: RAY_ADDRESS, else a local one started here)")
-    run.add_argument("--threads", type=integer, default=None, help="torch CPU threads per worker (default 1; bit-identical results need equal threads)")
+    run.add_argument("--threads", type=integer, default=1, help="torch CPU threads per worker (default 1; bit-identical results need equal threads)")
     run.add_argument("--retries", type=integer, default=1, help="runs of a failed cell after the first (default 1)")
     run.add_argument("--offline", action="store_true", help="forbid every download (also NOISEALIGN_OFFLINE=1)")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -57,14 +57,15 @@ def main(args: argparse.Namespace) -> int:
     from .spec import load_spec
 
     checks = [(args.workers is not None and args.workers < 1, f"--workers must be at least 1, got {args.workers}"),
-              (args.retries < 0, f"--retries must be 0 or more, got {args.retries}")]
+              (args.retries < 0, f"--retries must be 0 or more, got {args.retries}"),
+              (args.threads < 1, f"--threads must be at least 1, got {args.threads}")]
     for bad, message in checks:
         if bad:
             raise NoiseAlignError(message)
     overrides = {key: getattr(args, key) for key in ("model", "device", "prompts", "take", "seeds", "methods",
                                                      "budgets", "optimize", "evaluate")}
     spec = load_spec(Path(args.spec), overrides)
-    options = ExecutionOptions(args.executor, args.workers, args.threads or 1, args.retries, args.ray_address,
+    options = ExecutionOptions(args.executor, args.workers, args.threads, args.retries, args.ray_address,
                                args.quiet)
     return run_sweep(spec, Path(args.out), options)
 

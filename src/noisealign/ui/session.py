@@ -8,9 +8,9 @@ ones they prefer, and `HumanChoice.rewards` turns that into +1 / -1 for
 The run folder is the session's memory: after every choice or undo, `choices.json` (the run's
 options and each step's chosen indices), `trace.csv` and `result.json` are rewritten, so a
 closed browser loses nothing and `HumanSession.resume` rebuilds the exact state by replaying
-the choices (same seed, same choices, same bits). Undo restores a snapshot taken before the
-step's candidates were drawn (the state x, the grid index, the noise generators' states, the
-ledger) and draws them again, so the person sees the very same candidates.
+the choices (same seed, same choices, same bits). Undo restores `DemonSession.snapshot()` taken
+before the step's candidates were drawn (the state, the noise generators, the ledger) and draws
+them again, so the person sees the very same candidates.
 
 With a reference image (RunSpec.reference), every state's preview D(x, sigma) is also scored by
 its DINOv2 similarity to the reference (rewards/dino.py): shown on the page beside the
@@ -37,7 +37,7 @@ from ..configs import config_from_dict
 from ..errors import NoiseAlignError
 from ..imaging import is_image_batch
 from ..methods.base import Problem, RunContext
-from ..methods.demon import DemonConfig, DemonSession
+from ..methods.demon import DemonConfig, DemonSession, DemonSnapshot
 from ..methods.plain import Plain
 from ..rewards.dino import DEFAULT_MODEL, DinoSimilarity, load_dino, read_image
 from ..rewards.human import HumanChoice
@@ -99,19 +99,6 @@ class _Preview(NamedTuple):
     similarity: float | None
 
 
-@dataclass(frozen=True)
-class _Snapshot:
-    """DemonSession's state before a step's candidates are drawn, and the ledger's counters then."""
-
-    x: Tensor
-    index: int
-    chosen: int                 # len(DemonSession.chosen)
-    degenerate_steps: int
-    tau: float | None
-    generator_states: tuple[Tensor, ...]
-    counters: tuple[int, int, int, int]  # reward_queries, nfe, network_evaluations, denoiser_calls
-
-
 class HumanSession:
     """A Demon run whose reward is a person. Build it with `start` (new run) or `resume`.
 
@@ -141,7 +128,7 @@ class HumanSession:
         with torch.inference_mode():
             self.demon = DemonSession(self.context, config)
             self.previews = [self._preview()]     # one per state: before any choice, then after each
-            self._snapshots = [self._snapshot()]
+            self._snapshots: list[DemonSnapshot] = [self.demon.snapshot()]  # before each step's candidates
             self.candidates = self._propose()
 
     # -- building ---------------------------------------------------------------------------
@@ -219,7 +206,7 @@ class HumanSession:
         self.previews.pop()
         self._snapshots.pop()
         with torch.inference_mode():
-            self._restore(self._snapshots[-1])
+            self.demon.restore(self._snapshots[-1])
             self.candidates = self._propose()
         self.undone += 1
         self.version += 1
@@ -303,7 +290,7 @@ class HumanSession:
             self.choices.append({"step": event.step, "sigma": event.sigma, "chosen": list(chosen),
                                  "seconds": round(seconds, 3), "x_sha256": _digest(self.demon.x)})
             self.previews.append(preview)
-            self._snapshots.append(self._snapshot())
+            self._snapshots.append(self.demon.snapshot())
             self.candidates = self._propose()
         self.version += 1
 
@@ -339,21 +326,6 @@ class HumanSession:
         self._candidate_urls = [render.png_data_url(image, render.CANDIDATE_SIDE) for image in candidates]
         return candidates
 
-    def _snapshot(self) -> _Snapshot:
-        demon, ledger = self.demon, self.ledger
-        return _Snapshot(demon.x.clone(), demon.index, len(demon.chosen), demon.degenerate_steps, demon.tau,
-                         tuple(g.get_state() for g in demon.streams.generators),
-                         (ledger.reward_queries, ledger.nfe, ledger.network_evaluations, ledger.denoiser_calls))
-
-    def _restore(self, snapshot: _Snapshot) -> None:
-        demon, ledger = self.demon, self.ledger
-        demon.x, demon.index, demon.tau = snapshot.x.clone(), snapshot.index, snapshot.tau
-        del demon.chosen[snapshot.chosen:]
-        demon.degenerate_steps = snapshot.degenerate_steps
-        for generator, state in zip(demon.streams.generators, snapshot.generator_states):
-            generator.set_state(state)
-        (ledger.reward_queries, ledger.nfe, ledger.network_evaluations, ledger.denoiser_calls) = snapshot.counters
-
     def _save(self) -> None:
         """Rewrite choices.json, trace.csv and result.json (each replaced atomically)."""
         choices = {"format": FORMAT, "run": asdict(self.spec), "config": asdict(self.config),
@@ -376,7 +348,7 @@ class HumanSession:
                       reward_queries=ledger.reward_queries, nfe=ledger.nfe,
                       network_evaluations=ledger.network_evaluations, seconds=round(self.seconds, 3),
                       demon_steps=len(self.choices), undone=self.undone,
-                      degenerate_steps=self.demon.degenerate_steps, ode_after=self.demon.ode_after)
+                      degenerate_steps=self.demon.state.degenerate_steps, ode_after=self.demon.ode_after)
         if spec.reference is not None:
             record.update(reference_image=spec.reference, reference_model=spec.reference_model or DEFAULT_MODEL,
                           reference_similarity=self.final_similarity)
