@@ -2,6 +2,7 @@
 
     python benchmarks/dno.py curves  [--budget 200 --steps 50 --seeds 2 --q 8]
     python benchmarks/dno.py memory
+    python benchmarks/dno.py overhead
 
 curves:  reward of each iterate vs iteration, reward queries and seconds for grad, zo and
          hybrid at one query budget, on digits (digit:3 and jpeg) when the bundled digits model
@@ -9,6 +10,10 @@ curves:  reward of each iterate vs iteration, reward queries and seconds for gra
          as the reference. -> results/dno_curves.{csv,png}
 memory:  peak RSS of one gradient step at 10, 20, 50 steps with and without checkpointing on
          a random-weight mid-size conv denoiser, one fresh process each. -> results/dno_memory.csv
+overhead: what DNO's own bookkeeping costs per iteration besides the model: the unweighted
+         regularizer report (no autograd) at the digits size and at Stable Diffusion's, and
+         saving / restoring the RNG state around a checkpointed call. Printed only.
+checkpointing: see benchmarks/dno_checkpointing.py.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import argparse
 import csv
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -158,6 +164,59 @@ def curves_table(rows: list[dict], references: dict[str, list[tuple[float, float
     return "\n".join(lines)
 
 
+# ---- 3. overhead ---------------------------------------------------------------------------
+
+def seconds_per_call(fn, repeats: int) -> float:
+    """Median seconds of fn() over `repeats` calls, after one warm-up call."""
+    import statistics
+    import time
+
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def overhead(args: argparse.Namespace) -> None:
+    from torch.utils.checkpoint import checkpoint
+
+    from noisealign.methods.dno import regularizer_report
+    from noisealign.methods.dno_regularizer import orderings
+    from noisealign.methods.regularizers import regularizers
+
+    load = os.getloadavg()[0]
+    print(f"# {torch.get_num_threads()} torch thread(s), load average {load:.1f} on {os.cpu_count()} CPUs "
+          "(shared with other jobs)")
+    print("| noise (51 tensors of) | regularizer report, orderings kept | the same, orderings redrawn per call | "
+          "concentration | chi-norm | moments |\n|---|---|---|---|---|---|")
+    for shape, repeats in (((1, 8, 8), 50), ((4, 64, 64), 5)):
+        noise = torch.randn(51, *shape)
+        kept = seconds_per_call(lambda: regularizer_report(noise, 16), repeats)
+
+        def redrawn() -> None:
+            orderings.cache_clear()
+            regularizer_report(noise, 16)
+
+        parts = []
+        for fn in regularizers(16).values():
+            with torch.no_grad():
+                parts.append(seconds_per_call(lambda: fn(noise), repeats))
+        print(f"| {' x '.join(map(str, shape))} | {kept * 1e3:.2f} ms | {seconds_per_call(redrawn, repeats) * 1e3:.2f} ms | "
+              + " | ".join(f"{p * 1e3:.2f} ms" for p in parts) + " |")
+    state = torch.get_rng_state()
+    x = torch.randn(16, requires_grad=True)
+    timed = {preserve: seconds_per_call(lambda: checkpoint(torch.sin, x, use_reentrant=False,
+                                                           preserve_rng_state=preserve).sum().backward(), 2000)
+             for preserve in (True, False)}
+    print(f"torch.get_rng_state {seconds_per_call(torch.get_rng_state, 2000) * 1e6:.1f} us, set_rng_state "
+          f"{seconds_per_call(lambda: torch.set_rng_state(state), 2000) * 1e6:.1f} us; a checkpointed forward + "
+          f"backward of sin on 16 numbers: {timed[True] * 1e6:.0f} us with the RNG state saved, "
+          f"{timed[False] * 1e6:.0f} us without")
+
+
 # ---- 2. memory -----------------------------------------------------------------------------
 
 def memory(args: argparse.Namespace) -> None:
@@ -182,7 +241,7 @@ def memory(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("part", choices=["curves", "memory"])
+    parser.add_argument("part", choices=["curves", "memory", "overhead"])
     parser.add_argument("--budget", type=int, default=200, help="curves: reward queries per run")
     parser.add_argument("--steps", type=int, default=50, help="curves: sampler steps")
     parser.add_argument("--q", type=int, default=8, help="curves: perturbations per zo / hybrid step")
@@ -193,10 +252,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    if args.part == "curves":
-        curves(args)
-    else:
-        memory(args)
+    {"curves": curves, "memory": memory, "overhead": overhead}[args.part](args)
 
 
 if __name__ == "__main__":

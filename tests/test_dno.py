@@ -24,6 +24,7 @@ from noisealign.methods.dno import (
     Dno, DnoConfig, generate, injecting_steps, make_optimizer, stack_variables, unstack_variables,
 )
 from noisealign.methods.guidance import Guidance, GuidanceConfig
+from noisealign.methods.dno_checkpointing import CheckpointPlan, saved_bytes
 from noisealign.methods.dno_regularizer import PENALTY_FLOOR, concentration_log_probs, concentration_penalty
 from noisealign.methods.regularizers import regularizers as dno_regularizers
 from noisealign.methods.plain import PlainConfig, sample_plain
@@ -115,12 +116,12 @@ def test_registry_entry_uses_dno_defaults_and_flags():
     parser = argparse.ArgumentParser()
     entry.add_arguments(parser.add_argument_group("dno"))
     config = entry.build(parser.parse_args([])).config
-    assert (config.steps, config.eta, config.mode, config.checkpointing) == (50, 1.0, "auto", True)
+    assert (config.steps, config.eta, config.mode, config.checkpointing) == (50, 1.0, "auto", "auto")
     config = entry.build(parser.parse_args(
         "--steps 9 --eta 0.5 --dno-mode zo --lr 0.1 --iterations 4 --gamma 2 --q 3 --mu 0.1 "
-        "--grad-clip 2 --no-checkpointing --micro-batch 2 --regularizer chi-norm".split())).config
+        "--grad-clip 2 --checkpointing none --memory-budget 2 --micro-batch 2 --regularizer chi-norm".split())).config
     assert config == DnoConfig(mode="zo", steps=9, eta=0.5, lr=0.1, iterations=4, gamma=2.0, q=3, mu=0.1,
-                               grad_clip=2.0, checkpointing=False, micro_batch=2, regularizer="chi-norm")
+                               grad_clip=2.0, checkpointing="none", memory_budget=2.0, micro_batch=2, regularizer="chi-norm")
 
 
 # ---- gradients through the sampler --------------------------------------------------------
@@ -166,6 +167,80 @@ def test_checkpointed_and_plain_backprop_agree_and_recomputation_counts_as_nfe()
     checkpointed, _ = _variables_and_loss(model, steps, checkpointing=True, ledger=ledgers[True])
     torch.testing.assert_close(checkpointed.grad, plain.grad, rtol=1e-6, atol=1e-7)
     assert ledgers[False].nfe == steps and ledgers[True].nfe == 2 * steps
+
+
+def _pass(plan, steps=6):
+    """(gradient, NFE) of one pass of TinyConv's sampler under `plan`."""
+    ledger = Ledger()
+    variables, _ = _variables_and_loss(TinyConv(), steps, plan, ledger)
+    return variables.grad, ledger.nfe
+
+
+def test_auto_checkpoints_as_few_steps_as_the_budget_allows_with_the_same_gradient():
+    steps = 6
+    exact, nfe = _pass(False, steps)
+    assert nfe == steps and torch.equal(_pass(True, steps)[0], exact)
+    probe = CheckpointPlan("auto")
+    assert torch.equal(_pass(probe, steps)[0], exact) and probe.step_bytes > 0
+    assert probe.report() == {"checkpointed_steps": 0, "activation_bytes_per_step": probe.step_bytes}     # gigabytes free: nothing to save
+    for kept in (0, 2, steps):
+        plan = CheckpointPlan("auto", budget_gb=(kept + 0.5) * probe.step_bytes / 1e9)
+        first, first_nfe = _pass(plan, steps)          # its first call runs plain, to be measured
+        again, again_nfe = _pass(plan, steps)
+        assert torch.equal(first, exact) and torch.equal(again, exact)
+        assert plan.report()["checkpointed_steps"] == steps - kept
+        assert (first_nfe, again_nfe) == (2 * steps - max(kept, 1), 2 * steps - kept)
+
+
+def test_saved_bytes_counts_activations_not_weights():
+    weight = torch.randn(256, 256)
+    x = torch.randn(4, 256, requires_grad=True)
+    output, saved = saved_bytes(lambda v: torch.tanh(v.mul(2) @ weight), x)
+    assert torch.equal(output, torch.tanh(x.mul(2) @ weight))
+    assert saved == x.numel() * 4       # tanh's output; the matmul keeps only the weight, a leaf: not counted
+
+
+def test_bad_checkpointing_options_are_refused_and_older_runs_bools_still_read():
+    with pytest.raises(NoiseAlignError, match="--checkpointing 'some'"):
+        DnoConfig(checkpointing="some")
+    with pytest.raises(NoiseAlignError, match="--memory-budget 0"):
+        DnoConfig(memory_budget=0)
+    assert DnoConfig(checkpointing=True).checkpointing == "all" and DnoConfig(checkpointing=False).checkpointing == "none"
+
+
+def _runs_under_each_setting(model, reward, prompt="", **options):
+    """{setting: (output, noises, info)} of the same 2-iteration DNO run, with auto also on a
+    budget that keeps 2 steps' graphs."""
+    def one(**config):
+        result = Dno(DnoConfig(iterations=2, **options, **config)).run(
+            RunContext(Problem(model, reward, prompt), 5, Ledger()))
+        return result.output, result.noises, result.info
+
+    runs = {setting: one(checkpointing=setting) for setting in ("none", "all", "auto")}
+    runs["auto-2"] = one(memory_budget=2.5 * runs["auto"][2]["activation_bytes_per_step"] / 1e9)
+    return runs
+
+
+def _assert_identical(runs, steps):
+    output, noises, _ = runs["none"]
+    for setting, (other, other_noises, info) in runs.items():
+        assert torch.equal(other, output) and all(torch.equal(other_noises[k], noises[k]) for k in noises), setting
+    assert [runs[s][2]["checkpointed_steps"] for s in runs] == [0, steps, 0, steps - 2]
+
+
+def test_checkpointing_settings_give_identical_runs_on_digits():
+    from noisealign.models.digits import DigitsModel
+    from noisealign.rewards.digit import DigitLogOdds
+
+    _assert_identical(_runs_under_each_setting(DigitsModel.load(), DigitLogOdds.from_argument("3"), "3", steps=8), 8)
+
+
+def test_checkpointing_settings_give_identical_runs_on_a_tiny_sd_pipeline(tmp_path_factory):
+    import diffusers_tiny as tiny
+
+    model = tiny.load(tiny.saved(tiny.sd_pipeline(), tmp_path_factory, "sd-dno"))
+    reward = Linear(torch.linspace(-1, 1, 3 * tiny.SIZE ** 2).reshape(3, tiny.SIZE, tiny.SIZE))
+    _assert_identical(_runs_under_each_setting(model, reward, "a cat", steps=4), 4)
 
 
 def test_dno_starts_from_its_own_eta_one_sample_not_the_baseline_sampler():
@@ -431,7 +506,8 @@ def test_grad_mode_raises_a_reward_on_the_exact_gmm():
     result, ledger, _ = run(model, Linear(torch.tensor([1.0, 1.0])), iterations=10, steps=20, lr=0.05)
     assert result.reward > result.info["start_reward"] + 1.0
     assert result.info["reg_concentration_start"] >= PENALTY_FLOOR - 1e-9
-    assert ledger.nfe == 20 * (11 + 10 + 1)  # 11 forwards, 10 recomputations, 1 regeneration
+    assert ledger.nfe == 20 * (11 + 1)  # 11 forwards, 1 regeneration; auto checkpoints nothing on this tiny model
+    assert result.info["checkpointed_steps"] == 0
 
 
 # ---- seeds as one batch (dno, reno, guidance) ------------------------------------------------

@@ -84,7 +84,7 @@ def test_it_is_dno_with_the_initial_noise_only():
     options = dict(steps=4, eta=0.0, lr=0.05, iterations=3, gamma=1.0, regularizer="chi-norm", grad_clip=1.0)
     model, reward = GaussianMixture.spread(4), Linear(torch.ones(4))
     reno = AdamReno(RenoConfig(**options)).run(RunContext(Problem(model, reward), 0, Ledger()))
-    dno = Dno(DnoConfig(mode="grad", **options)).run(RunContext(Problem(model, reward), 0, Ledger()))
+    dno = Dno(DnoConfig(mode="grad", checkpointing="all", **options)).run(RunContext(Problem(model, reward), 0, Ledger()))
     assert torch.equal(reno.output, dno.output) and reno.info == dno.info
 
 

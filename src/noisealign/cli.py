@@ -92,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_arguments(generate.add_argument_group("model loading options (each model takes some; "
                                                       "one it does not take is an error)"))
     generate.add_argument("--threads", type=integer, default=None,
-                          help="torch CPU threads (default: torch's; recorded in result.json)")
+                          help="torch CPU threads (default: NOISEALIGN_THREADS, else torch's; recorded in result.json)")
     generate.add_argument("--offline", action="store_true",
                           help="forbid every download (also NOISEALIGN_OFFLINE=1); missing weights are one error line")
     generate.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -131,6 +131,12 @@ def _add_model_arguments(group: argparse._ArgumentGroup) -> None:
     group.add_argument("--few-step", action=argparse.BooleanOptionalAction, default=None,
                        help="diffusers models: whether it is a few-step distillation (Turbo, FLUX.1-schnell), which "
                             "sets its default steps and guidance (default: read from its configs)")
+    group.add_argument("--memory-format", choices=["contiguous", "channels_last"], default=None,
+                       help="diffusers models: layout of the networks' 4-D tensors; channels_last suits GPU "
+                            "convolutions (default contiguous; docs/performance.md)")
+    group.add_argument("--compile", choices=["off", "default", "reduce-overhead", "max-autotune"], default=None,
+                       help="diffusers models: torch.compile mode of the denoising network, compiled on its first "
+                            "call (default off; docs/performance.md)")
 
 
 def _add_vlm_arguments(group: argparse._ArgumentGroup) -> None:
@@ -156,6 +162,9 @@ def _reward_registry(args: argparse.Namespace) -> dict:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from .cpu import tune_malloc
+
+    tune_malloc()                                   # before torch allocates; NOISEALIGN_MALLOPT=0: off
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
     try:
@@ -167,8 +176,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         if getattr(args, "offline", False) or offline():   # one switch for rewards and model pipelines
             forbid_downloads()
-        if getattr(args, "threads", None) is not None:
-            _set_threads(args.threads)
+        threads = _threads(args)
+        if threads is not None:
+            _set_threads(threads)
         if args.command == "ui":
             from .ui.launch import main as ui_main
 
@@ -177,7 +187,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         if args.command in SWEEP_COMMANDS:
             return sweep_main(args)
-        return _generate(args) if args.command == "generate" else _regenerate(Path(args.run_dir), args.threads)
+        return _generate(args) if args.command == "generate" else _regenerate(Path(args.run_dir), threads)
     except NoiseAlignError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -206,11 +216,18 @@ def _method_config_type(name: str) -> type:
     return METHODS[name].config_type
 
 
+def _threads(args: argparse.Namespace) -> int | None:
+    """--threads, else NOISEALIGN_THREADS (not for regenerate: it takes the run's own count)."""
+    import os
+
+    from .cpu import configured_threads
+
+    return configured_threads(getattr(args, "threads", None), {} if args.command == "regenerate" else os.environ)
+
+
 def _set_threads(threads: int) -> None:
     import torch
 
-    if threads < 1:
-        raise NoiseAlignError(f"--threads must be at least 1, got {threads}")
     torch.set_num_threads(threads)
 
 

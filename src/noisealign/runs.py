@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from . import __version__
+from .cpu import malloc_settings
 from .errors import NoiseAlignError
 from .imaging import is_image_batch, save_grid, save_image
 from .methods.base import StepEvent
@@ -183,9 +184,10 @@ def record_head(method: str, model: str, prompt: str, reward: str, seed: int, bu
 
 
 def environment() -> dict[str, Any]:
-    """What bit-identical reruns depend on (docs/determinism.md): versions and the thread count."""
+    """What bit-identical reruns depend on (docs/determinism.md): versions and the thread count;
+    and the malloc thresholds the CLI pinned (noisealign.cpu), which move time, not bits."""
     return {"noisealign": __version__, "torch": torch.__version__, "python": platform.python_version(),
-            "torch_threads": torch.get_num_threads(), "machine": platform.machine()}
+            "torch_threads": torch.get_num_threads(), "machine": platform.machine(), "malloc": malloc_settings()}
 
 
 class Trace:

@@ -35,7 +35,9 @@ Cost accounting (each seed's Ledger):
   add q perturbed samples per step: a budget B pays T = (B - 1) // cost steps, cost = 1 or q + 1.
 - nfe counts every forward evaluation of the denoiser, including the recomputation that
   gradient checkpointing does during the backward pass (it is real model work): a grad step
-  costs 2 * steps with checkpointing, `steps` without. Backward passes are not counted.
+  costs steps + the checkpointed steps (2 * steps with `--checkpointing all`, steps with
+  none; auto checkpoints as few as `--memory-budget` allows: dno_checkpointing). Backward
+  passes are not counted.
 - The kept sample is regenerated from the best noises once more at the end, or when a run
   stopped early asks for its best so far (steps NFE, no query), so `result.output` is exactly
   what `Dno.regenerate` returns from noise.pt.
@@ -50,7 +52,6 @@ from typing import Any, Callable, Sequence
 
 import torch
 from torch import Tensor
-from torch.utils.checkpoint import checkpoint
 
 from ..engine import ancestral_sigmas, sample_ancestral
 from ..engine.noise import randn, sample_generator
@@ -58,6 +59,7 @@ from ..errors import NoiseAlignError
 from ..models.base import DiffusionModel
 from ..options import check, is_finite, option, shared
 from .base import MethodResult, Problem, RunContext, StepEvent
+from .dno_checkpointing import SETTINGS, CheckpointPlan, checkpointed, setting_of  # noqa: F401 (guidance's)
 from .regularizers import NAMES, regularizers
 from .seed_batch import SeedBatch
 from .zo import image_gradient, zo_gradient
@@ -79,7 +81,9 @@ class DnoConfig:
     permutations: random reorderings the concentration penalty averages over.
     grad_clip: max norm of the gradient over all optimized noise of a sample.
     q, mu: perturbations per step and their scale (zo and hybrid).
-    checkpointing: recompute each denoiser call and the decode in the backward pass.
+    checkpointing: which denoiser calls (and the decode) are recomputed in the backward pass:
+        all, none, or auto (as many as memory_budget requires; see dno_checkpointing).
+    memory_budget: auto's budget in GB for the kept activations (None: the device's default).
     micro_batch: perturbed samples run together (zo and hybrid).
     """
 
@@ -96,12 +100,21 @@ class DnoConfig:
     grad_clip: float = option(1.0, "max gradient norm over all optimized noise")
     q: int = option(16, "zo / hybrid: perturbations per step")
     mu: float = option(0.01, "zo / hybrid: perturbation scale")
-    checkpointing: bool = option(True, "recompute each denoiser call in the backward pass (memory flat in "
-                                       "--steps; --no-checkpointing is faster and keeps every activation)")
+    checkpointing: str = option("auto", "recompute denoiser calls in the backward pass: all (memory flat in "
+                                        "--steps), none (fastest, keeps every activation), auto (as few as "
+                                        "--memory-budget allows)", choices=SETTINGS)
+    memory_budget: float | None = option(None, "auto checkpointing's budget for kept activations, in GB (default: "
+                                               "80% of free CUDA memory; on CPU half of available RAM)",
+                                         metavar="GB")
     micro_batch: int = option(16, "zo / hybrid: perturbed samples run together")
 
     def __post_init__(self) -> None:
-        check([(self.mode not in MODES, f"--dno-mode {self.mode!r}: choose {', '.join(MODES)}")]
+        object.__setattr__(self, "checkpointing", setting_of(self.checkpointing))   # older runs recorded a bool
+        check([(self.mode not in MODES, f"--dno-mode {self.mode!r}: choose {', '.join(MODES)}"),
+               (self.checkpointing not in SETTINGS,
+                f"--checkpointing {self.checkpointing!r}: choose {', '.join(SETTINGS)}"),
+               (self.memory_budget is not None and not (is_finite(self.memory_budget) and self.memory_budget > 0),
+                f"--memory-budget {self.memory_budget}: need a finite number of GB above 0")]
               + optimizer_problems(self, {"q": self.q, "mu": self.mu, "micro_batch": self.micro_batch}), "dno")
 
 
@@ -141,29 +154,19 @@ def unstack_variables(variables: Tensor, z: Tensor, active: list[int]) -> tuple[
     return variables[0], noises
 
 
-def generate(denoiser: Callable[[Tensor, float], Tensor], model: DiffusionModel, sigmas: Tensor,
-             eta: float, z_T: Tensor, noises: list[Tensor], checkpointing: bool = False) -> tuple[Tensor, Tensor]:
+def generate(denoiser: Callable[[Tensor, float], Tensor], model: DiffusionModel, sigmas: Tensor, eta: float,
+             z_T: Tensor, noises: list[Tensor], checkpointing: bool | CheckpointPlan = False) -> tuple[Tensor, Tensor]:
     """(sample, decode(sample)) of DDIM-eta from x_T = prior_std(sigma_0) z_T with per-step `noises`.
 
-    With `checkpointing` (and gradients enabled) every denoiser call and the decode keep only
-    their inputs and are recomputed in the backward pass, so memory grows by one state per
-    step instead of one network's activations per step.
+    With gradients enabled, the denoiser calls and the decode that `checkpointing` (a plan, or
+    True / False: all / none) checkpoints keep only their inputs and are recomputed in the
+    backward pass: memory grows by one state per such step instead of one network's activations.
     """
-    decode = model.decode
-    if checkpointing and torch.is_grad_enabled():
-        denoiser, decode = checkpointed(denoiser), checkpointed(decode)
+    plan = checkpointing if isinstance(checkpointing, CheckpointPlan) else CheckpointPlan(checkpointing)
+    denoiser, decode = plan.wrap(denoiser, model.decode, len(sigmas) - 1)
     x = model.prior_std(float(sigmas[0])) * z_T
     sample = sample_ancestral(denoiser, x, sigmas, noises, eta)
     return sample, decode(sample)
-
-
-def checkpointed(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
-    """fn recomputed in the backward pass. The RNG state is saved and restored around the
-    recomputation (checkpoint's default), so a denoiser or decoder that draws random numbers is
-    recomputed exactly; on CPU that costs microseconds per call (get_rng_state about 5 us)."""
-    def call(*args: Any) -> Tensor:
-        return checkpoint(fn, *args, use_reentrant=False)
-    return call
 
 
 def make_optimizer(variables: Tensor | list[Tensor], lr: float) -> torch.optim.Adam:
@@ -278,6 +281,7 @@ class Dno:
                   **suffixed(regularizer_report(v.detach()[:, 0], config.permutations), "_start")}
                  for v in variables]
         bests: list[Best | None] = [None] * B
+        plan = CheckpointPlan(config.checkpointing, getattr(config, "memory_budget", None))   # ReNO's has no budget
 
         for t in range(iterations + 1):
             last = t == iterations
@@ -285,8 +289,11 @@ class Dno:
             with torch.set_grad_enabled(not last and mode != "zo"):
                 sample, output = generate(batch.denoiser, model, sigmas, config.eta,
                                           *unstack_variables(torch.cat(variables, dim=1), z, active),
-                                          config.checkpointing)
+                                          plan)
                 reward = batch.score(output if mode == "grad" else output.detach())   # (B,)
+            if t == 0:
+                for info in infos:
+                    info.update(plan.report(B))
             penalties = [regularize(v[:, 0]) for v in variables] if config.gamma > 0 and not last else None
             extras = []
             for b, context in enumerate(contexts):

@@ -19,6 +19,7 @@ import torch
 from ..errors import NoiseAlignError
 from .diffusers_base import FamilyDefaults, LatentDecoder, check_choice
 from .diffusers_families import FamilySpec, families_of, is_few_step, matching_family
+from .speed import COMPILE_MODES, MEMORY_FORMATS, apply_speed_options
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
@@ -126,7 +127,8 @@ def _read_json(path: Path, name: str) -> dict:
 
 def load_diffusers_model(name_or_path: str, device: str = "cpu", dtype: str = "fp32",
                          height: int | None = None, width: int | None = None,
-                         scheduler: str | None = None, few_step: bool | None = None):
+                         scheduler: str | None = None, few_step: bool | None = None,
+                         memory_format: str = "contiguous", compile: str = "off"):
     """A diffusers pipeline of a supported family (diffusers_families.FAMILIES) as a DiffusionModel.
 
     Args:
@@ -142,11 +144,15 @@ def load_diffusers_model(name_or_path: str, device: str = "cpu", dtype: str = "f
             defaults and Demon's consistency look-ahead. None: FLUX.1-schnell's spec says so,
             and "turbo" in the name marks SD / SDXL / SD3 Turbo models, whose configs are
             their base models'.
+        memory_format, compile: the speed options of `speed` (contiguous / channels_last;
+            off or a torch.compile mode).
     """
     check_choice("dtype", dtype, tuple(DTYPES), name_or_path)
+    check_choice("memory format", memory_format, tuple(MEMORY_FORMATS), name_or_path)
+    check_choice("compile mode", compile, COMPILE_MODES, name_or_path)
     info = inspect_pipeline(name_or_path, few_step)  # options are checked before the (slow) weight loading
     try:
-        return _load(info, name_or_path, device, dtype, height, width, scheduler)
+        return _load(info, name_or_path, device, dtype, height, width, scheduler, memory_format, compile)
     except torch.OutOfMemoryError:
         raise
     except (KeyError, TypeError, ValueError, OSError, RuntimeError, AttributeError) as error:
@@ -156,7 +162,7 @@ def load_diffusers_model(name_or_path: str, device: str = "cpu", dtype: str = "f
 
 
 def _load(info: PipelineInfo, name_or_path: str, device: str, dtype: str, height: int | None, width: int | None,
-          scheduler: str | None):
+          scheduler: str | None, memory_format: str, compile: str):
     from .diffusers_flow import FLOW_SCHEDULERS, FlowDiffusersModel
     from .diffusers_vp import VP_SCHEDULERS, VPDiffusersModel
 
@@ -169,6 +175,7 @@ def _load(info: PipelineInfo, name_or_path: str, device: str, dtype: str, height
     shape = _latent_shape(info, height, width, name_or_path)
     pipe = _load_pipeline(info, name_or_path, DTYPES[dtype], device)
     network = getattr(pipe, spec.network)
+    apply_speed_options(network, pipe.vae, memory_format, compile)
     height, width = shape[1] * info.vae_factor, shape[2] * info.vae_factor
     common = dict(name=name_or_path, network=spec.network_call(network), encoder=spec.encoder(pipe, height, width),
                   decoder=LatentDecoder(pipe.vae, shift=spec.vae_shift, latents_stats=spec.vae_latents_stats),

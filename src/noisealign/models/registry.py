@@ -15,7 +15,7 @@ import torch
 from ..errors import NoiseAlignError
 from .base import DiffusionModel
 
-LOADING_OPTIONS = ("device", "dtype", "height", "width", "scheduler", "few_step")
+LOADING_OPTIONS = ("device", "dtype", "height", "width", "scheduler", "few_step", "memory_format", "compile")
 """Every model loading option; None means not given (the model's default)."""
 
 
@@ -93,8 +93,8 @@ def check_model(name: str) -> None:
 def load_model(name: str, **options: Any) -> DiffusionModel:
     """A registered model by name; any other name is a diffusers pipeline (hub id or folder).
 
-    options: device, dtype, height, width, scheduler (None: the model's default); those the
-    model does not take are refused (`check_model_options`).
+    options: device, dtype, height, width, scheduler, few_step, memory_format, compile (None:
+    the model's default); those the model does not take are refused (`check_model_options`).
     """
     given = check_model_options(name, **options)
     if name in MODELS:
