@@ -14,8 +14,10 @@ hook on every UNet2DConditionModel, so checkpoint recomputation counts) and samp
 the UNet, peak RSS of the process (weights included) and minor page faults.
 
 Settings (the issue's): Demon tanh, adaptive tau, ODE look-ahead of 20 steps, beta 0.1, CFG 2,
-K 16, T 16, ode_after 0.11, reward = brightness of the decoded image. DNO grad mode, eta 1,
-CFG 5, every UNet call checkpointed, gamma 0 (the official default: no regularizer), lr 0.01;
+K 16, T 16, ode_after 0.11, reward = brightness of the decoded image; ours runs twice, with the
+official look-ahead (Heun, 20 steps) and with our default (UniPC, 15 steps). DNO grad mode, eta 1,
+CFG 5, gamma 0 (the official default: no regularizer), lr 0.01; the official code checkpoints
+every UNet call, ours runs with checkpointing all and none;
 seconds, UNet calls and faults per iteration are (run of 3 iterations - run of 1) / 2 on both sides,
 after a warm-up run (the first checkpointed call of a process imports torch._dynamo).
 Unless --allocator default, both sides run with glibc's thresholds pinned through the
@@ -88,8 +90,9 @@ def measure(run, meter: UNetMeter) -> dict:
             "peak_rss_mb": peak, "minor_faults": faults_after - faults, "reward": reward}
 
 
-def ours_demon(folder: str) -> tuple:
-    """noisealign's Demon with the issue's settings; returns (run, meter)."""
+def ours_demon(folder: str, solver: str = "heun", steps: int = 20) -> tuple:
+    """noisealign's Demon with the issue's settings and the look-ahead given (the official code's:
+    Heun, 20 steps; our default: UniPC, 15); returns (run, meter)."""
     import torch
 
     from noisealign.budget import Ledger
@@ -100,8 +103,8 @@ def ours_demon(folder: str) -> tuple:
 
     model = load_diffusers_model(folder, height=32, width=32, scheduler="karras")
     problem = Problem(model, Brightness(), PROMPT, "", 2.0)
-    config = DemonConfig(demon="tanh", K=16, beta=0.1, tau="adaptive", lookahead="ode", lookahead_solver="heun",
-                         lookahead_steps=20, ode_after=0.11, grid_points=16)
+    config = DemonConfig(demon="tanh", K=16, beta=0.1, tau="adaptive", lookahead="ode", lookahead_solver=solver,
+                         lookahead_steps=steps, ode_after=0.11, grid_points=16)
 
     def run() -> float:
         outcome = Demon(config).run(RunContext(problem, seed=0, ledger=Ledger()))
@@ -143,8 +146,10 @@ def official_demon(folder: str, official: str) -> tuple:
     return run, UNetMeter()
 
 
-def ours_dno(folder: str, steps: int) -> tuple:
-    """noisealign's DNO (grad, checkpointed); run(iterations) returns the best reward."""
+def ours_dno(folder: str, steps: int, checkpointing: str = "all") -> tuple:
+    """noisealign's DNO (grad; checkpointing "all" or "none"); run(iterations) returns the best reward."""
+    import dataclasses
+
     from noisealign.budget import Ledger
     from noisealign.methods.base import Problem, RunContext
     from noisealign.methods.dno import Dno, DnoConfig
@@ -153,10 +158,13 @@ def ours_dno(folder: str, steps: int) -> tuple:
 
     model = load_diffusers_model(folder, height=32, width=32, scheduler="ddim")
     problem = Problem(model, Brightness(), PROMPT, "", 5.0)
+    kind = {field.name: field.type for field in dataclasses.fields(DnoConfig)}["checkpointing"]
+    if kind in (bool, "bool"):                    # before --checkpointing auto|all|none
+        checkpointing = checkpointing == "all"
 
     def run(iterations: int) -> float:
         config = DnoConfig(mode="grad", steps=steps, eta=1.0, gamma=0.0, lr=0.01, iterations=iterations,
-                           checkpointing=True)
+                           checkpointing=checkpointing)
         return Dno(config).run(RunContext(problem, seed=0, ledger=Ledger())).reward
 
     return run, UNetMeter()
@@ -226,12 +234,14 @@ def worker(spec: dict) -> dict:
     torch.set_num_threads(spec["threads"])
     side, folder = spec["side"], spec["folder"]
     if spec["method"] == "demon":
-        run, meter = ours_demon(folder) if side == "ours" else official_demon(folder, spec["official"])
+        run, meter = (ours_demon(folder, *spec.get("lookahead", ("heun", 20))) if side == "ours"
+                      else official_demon(folder, spec["official"]))
         return measure(run, meter)
     if spec["method"] == "digits-demon":
         return measure(*ours_digits_demon())
     steps = spec["steps"]
-    run, meter = ours_dno(folder, steps) if side == "ours" else official_dno(folder, spec["official"], steps)
+    run, meter = (ours_dno(folder, steps, spec.get("checkpointing", "all")) if side == "ours"
+                  else official_dno(folder, spec["official"], steps))
     run(1)                                  # warm-up: the first checkpointed call imports torch._dynamo
     one, three = measure(lambda: run(1), meter), measure(lambda: run(3), meter)
     return {"seconds": (three["seconds"] - one["seconds"]) / 2,
@@ -358,8 +368,9 @@ class OpCounter:
 
 
 def profile(folder: str, threads: int) -> None:
-    """Shares of one Demon step (the first, sigma_max: its look-ahead is the longest) and one DNO
-    iteration (50 steps; the difference of a 2- and a 1-iteration run) on the tiny pipeline."""
+    """Shares of one Demon step (the first, sigma_max: its look-ahead is the longest; Heun 20 and UniPC
+    15) and one DNO iteration (50 steps, checkpointed and not; the difference of a 2- and a
+    1-iteration run) on the tiny pipeline."""
     import torch
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel
@@ -375,23 +386,26 @@ def profile(folder: str, threads: int) -> None:
     demon_model = load_diffusers_model(folder, height=32, width=32, scheduler="karras")
     dno_model = load_diffusers_model(folder, height=32, width=32, scheduler="ddim")
     phases = Phases([demon_model, dno_model], Brightness())
-    config = DemonConfig(demon="tanh", K=16, beta=0.1, lookahead_solver="heun", lookahead_steps=20, ode_after=0.11,
-                         grid_points=16)
-
-    def demon_step() -> None:
+    def demon_step(solver: str = "heun", steps: int = 20) -> None:
+        config = DemonConfig(demon="tanh", K=16, beta=0.1, lookahead_solver=solver, lookahead_steps=steps,
+                             ode_after=0.11, grid_points=16)
         context = RunContext(Problem(demon_model, phases.reward, PROMPT, "", 2.0), seed=0, ledger=Ledger())
         with torch.inference_mode():
             session = DemonSession(context, config)
             session.choose(context.score(session.propose()))
 
-    def dno_run(iterations: int) -> None:
+    def dno_run(iterations: int, checkpointing: bool = True) -> None:
         context = RunContext(Problem(dno_model, phases.reward, PROMPT, "", 5.0), seed=0, ledger=Ledger())
-        Dno(DnoConfig(mode="grad", steps=50, gamma=0.0, iterations=iterations)).run(context)
+        config = DnoConfig(mode="grad", steps=50, gamma=0.0, iterations=iterations, checkpointing=checkpointing)
+        Dno(config).run(context)
 
     demon_step()                                   # warm-up
     rows = []
     for label, block in (("Demon step (K 16, look-ahead 20 Heun steps)", [demon_step]),
-                         ("DNO iteration (50 steps, checkpointed)", [lambda: dno_run(2), lambda: dno_run(1)])):
+                         ("Demon step (K 16, look-ahead 15 UniPC steps)", [lambda: demon_step("unipc", 15)]),
+                         ("DNO iteration (50 steps, checkpointed)", [lambda: dno_run(2), lambda: dno_run(1)]),
+                         ("DNO iteration (50 steps, no checkpointing)",
+                          [lambda: dno_run(2, False), lambda: dno_run(1, False)])):
         totals, parts = [], []
         for run in block:
             phases.seconds = {}
@@ -463,15 +477,15 @@ def report(label: str, results: dict[str, list[dict]], baseline: str, other: str
     """A markdown row: medians of both arms and the ratios other / baseline."""
     cells = [label]
     for key, fmt in (("seconds", "{:.3f}"), ("unet_calls", "{:.0f}"), ("unet_samples", "{:.0f}"),
-                     ("peak_rss_mb", "{:.0f}"), ("minor_faults", "{:.0f}")):
+                     ("peak_rss_mb", "{:.0f}"), ("minor_faults", "{:.0f}"), ("reward", "{:.5f}")):
         a, b = median(results[baseline], key), median(results[other], key)
         ratio = f" ({b / a:.2f})" if a > 0 and b >= 0 else ""     # DNO's per-iteration faults can be < 0: noise
         cells.append(f"{fmt.format(a)} / {fmt.format(b)}{ratio}")
     return "| " + " | ".join(cells) + " |"
 
 
-HEADER = ("| run | seconds {0} | UNet calls {0} | UNet samples {0} | peak RSS MB {0} | minor faults {0} |\n"
-          "|---|---|---|---|---|---|")
+HEADER = ("| run | seconds {0} | UNet calls {0} | UNet samples {0} | peak RSS MB {0} | minor faults {0} "
+          "| reward {0} |\n|---|---|---|---|---|---|---|")
 
 
 def save_pipeline(folder: str) -> str:
@@ -512,14 +526,25 @@ def compare(args: argparse.Namespace, folder: str) -> None:
     base = {"folder": folder, "threads": args.threads, "official": args.official}
     rows = []
     if args.what == "demon":
-        arms = {side: ({**base, "method": "demon", "side": side}, environ) for side in ("official", "ours")}
-        rows.append(report("Demon K 16, T 16, one image", alternate(arms, args.repeats), "official", "ours"))
+        lookaheads = {"ours-heun20": ("heun", 20), "ours-unipc15": ("unipc", 15)}   # official's; our default
+        arms = {"official": ({**base, "method": "demon", "side": "official"}, environ),
+                **{name: ({**base, "method": "demon", "side": "ours", "lookahead": lookahead}, environ)
+                   for name, lookahead in lookaheads.items()}}
+        results = alternate(arms, args.repeats)
+        rows.append(report("Demon K 16, T 16, one image: ours look-ahead Heun 20", results, "official", "ours-heun20"))
+        rows.append(report("Demon K 16, T 16, one image: ours look-ahead UniPC 15", results, "official",
+                           "ours-unipc15"))
+        rows.append(report("(ours UniPC 15 against ours Heun 20)", results, "ours-heun20", "ours-unipc15"))
         legend = "official / ours (ours / official)"
     elif args.what == "dno":
         for steps in args.steps:
-            arms = {side: ({**base, "method": "dno", "side": side, "steps": steps}, environ)
-                    for side in ("official", "ours")}
-            rows.append(report(f"DNO {steps} steps, per iteration", alternate(arms, args.repeats), "official", "ours"))
+            arms = {"official": ({**base, "method": "dno", "side": "official", "steps": steps}, environ),
+                    **{f"ours-{mode}": ({**base, "method": "dno", "side": "ours", "steps": steps,
+                                         "checkpointing": mode}, environ) for mode in ("all", "none")}}
+            results = alternate(arms, args.repeats)
+            for mode in ("all", "none"):
+                rows.append(report(f"DNO {steps} steps, per iteration, ours checkpointing {mode}", results,
+                                   "official", f"ours-{mode}"))
         legend = "official / ours (ours / official)"
     else:
         for method, label in (("demon", "Demon K 16, T 16, SD tiny"), ("digits-demon", "Demon B 256, digits, 4 seeds")):
