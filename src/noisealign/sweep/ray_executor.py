@@ -17,6 +17,7 @@ import re
 from collections import deque
 from typing import Any, Iterable, Iterator
 
+from ..cpu import tune_malloc
 from ..errors import NoiseAlignError
 from ..rewards.hub import OFFLINE_VARIABLES, first_line, offline
 from ..stopping import stop_point
@@ -38,6 +39,7 @@ class _CellActor:
     """A Ray actor holding one Worker; a sweep that cannot run is reported by `ready`, not raised."""
 
     def __init__(self, spec: dict[str, Any], threads: int):
+        tune_malloc()   # the CLI's CPU configuration, in this worker process too
         self.worker, self.error = None, None
         try:
             self.worker = Worker(SweepSpec.from_dict(spec), threads)
