@@ -589,3 +589,23 @@ def test_images_are_enlarged_crisply_reduced_and_hashed_by_pixels():
     assert again[0].sha256 != again[1].sha256
     with pytest.raises(NoiseAlignError, match="1 or 3 channels"):
         encode_images(torch.rand(1, 2, 8, 8), 8, 48)
+
+
+# --- the judge as the reward of every query-only method ------------------------------------------
+
+@pytest.mark.parametrize("method", ["demon", "fk", "svdd", "beam", "zo-search", "path-search", "best-of-n"])
+def test_every_method_that_only_queries_runs_with_the_judge_as_reward(fake, tmp_path, method):
+    """No gradient is needed: each method aligns the digits model with the judge (score mode),
+    within its budget, every query one image sent to the endpoint and logged, plus the final
+    output's score, measured outside the budget."""
+    from noisealign.align import align
+    from noisealign.methods.base import Problem
+    from noisealign.methods.registry import METHODS
+    from noisealign.models.registry import load_model
+
+    judge = make_judge(fake, tmp_path, mode="score", max_concurrency=4)
+    assert not judge.differentiable
+    outcome = align(Problem(load_model("digits"), judge), METHODS[method].method(), seed=0, budget=24)
+    queries = outcome.ledger.reward_queries
+    assert 0 < queries <= 24 and outcome.result.output.shape == (1, 1, 8, 8)
+    assert len(fake.seen) == queries + 1 and len(log_records(tmp_path)) == queries + 1

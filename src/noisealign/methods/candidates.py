@@ -77,7 +77,7 @@ class ValueConfig:
     """How candidates are valued: the clean estimate scored, and how many run as one batch."""
 
     lookahead: str = option("tweedie", "clean estimate each candidate is scored on: Tweedie D(x, sigma) (one "
-                                       "call), the PF-ODE to 0 (Heun), or the model's consistency model",
+                                       "call), the PF-ODE to 0 (--lookahead-solver), or the model's consistency model",
                             choices=LOOKAHEADS)
     lookahead_solver: str = option("unipc", "solver of the ODE look-ahead (unipc, dpmpp-2m: one call a step; "
                                             "heun: two)", choices=ODE_SOLVERS)

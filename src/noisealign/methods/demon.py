@@ -82,7 +82,7 @@ class DemonConfig:
                                       "14.648 / sigma_max, keeping its beta * sigma_max; 0.018 for digits)")
     tau: float | str = option("adaptive", "weight temperature, a number or 'adaptive' (each step's reward std)",
                               parse=number_or("adaptive"))
-    lookahead: str = option("ode", "clean estimate each candidate is scored on: ODE to sigma_min (Heun), "
+    lookahead: str = option("ode", "clean estimate each candidate is scored on: the PF-ODE to 0 (--lookahead-solver), "
                                    "Tweedie D(x, sigma) (one call), or the model's consistency model",
                             choices=LOOKAHEADS)
     lookahead_solver: str = option("unipc", "solver of the ODE look-ahead (unipc, dpmpp-2m: one call a step; "
