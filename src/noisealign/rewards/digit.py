@@ -15,6 +15,14 @@ from .digit_classifier import DigitClassifier, DigitClassifierConfig
 DIGITS = tuple(str(d) for d in range(10))
 
 
+def target_digit(reward: str, argument: str | None) -> int:
+    """N of `reward:N`, or one line saying what is wrong."""
+    if argument not in DIGITS:
+        got = "no target" if not argument else f"{reward}:{argument}"
+        raise NoiseAlignError(f"reward {reward} needs a target digit 0..9 such as {reward}:3, got {got}")
+    return int(argument)
+
+
 class DigitLogOdds:
     """r(x) = l_N(x) - logsumexp_{k != N} l_k(x): the log-odds of class N, l the classifier's logits.
 
@@ -31,13 +39,11 @@ class DigitLogOdds:
 
     @classmethod
     def from_argument(cls, argument: str | None) -> "DigitLogOdds":
-        if argument not in DIGITS:
-            got = "no target" if not argument else f"digit:{argument}"
-            raise NoiseAlignError(f"reward digit needs a target digit 0..9 such as digit:3, got {got}")
+        target = target_digit("digit", argument)
         checkpoint = load_bundled_weights("digit_classifier.pt")
         classifier = DigitClassifier(DigitClassifierConfig(**checkpoint["config"]))
         classifier.load_state_dict(checkpoint["state_dict"])
-        return cls(int(argument), classifier)
+        return cls(target, classifier)
 
     def __call__(self, outputs: Tensor, prompts: Sequence[str]) -> Tensor:
         follow(self.classifier, outputs.device)

@@ -15,9 +15,8 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from ..errors import NoiseAlignError
 from ..weights import load_bundled_weights
-from .digit import DIGITS
+from .digit import target_digit
 
 PIXEL_MAX = 16
 """scikit-learn's digits hold integers 0..16; outputs are in [0, 1]."""
@@ -36,12 +35,10 @@ class DigitJudge:
 
     @classmethod
     def from_argument(cls, argument: str | None) -> "DigitJudge":
-        if argument not in DIGITS:
-            got = "no target" if not argument else f"digit_judge:{argument}"
-            raise NoiseAlignError(f"reward digit_judge needs a target digit 0..9 such as digit_judge:3, got {got}")
+        target = target_digit("digit_judge", argument)
         checkpoint = load_bundled_weights("digit_judge.pt")
         examples, labels = checkpoint["state_dict"]["examples"], checkpoint["state_dict"]["labels"]
-        return cls(int(argument), examples, labels, checkpoint["config"]["k"])
+        return cls(target, examples, labels, checkpoint["config"]["k"])
 
     def __call__(self, outputs: Tensor, prompts: Sequence[str]) -> Tensor:
         pixels = outputs.detach().to("cpu", torch.float32).flatten(1)
