@@ -48,11 +48,18 @@ def test_a_bad_reference_is_one_line(tmp_path, capsys, monkeypatch):
     assert not (tmp_path / "run").exists()
 
 
+def _hear_ctrl_c() -> None:
+    """In the server's process: SIGINT as a terminal delivers it, even where the test runner was
+    started in the background of a script (which starts it, and so its children, ignoring SIGINT)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _serve(*argv):
     """Start `noisealign ui` in a process; return it with the URL it printed."""
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     process = subprocess.Popen([sys.executable, "-m", "noisealign.cli", "ui", "--no-browser", *argv], cwd=ROOT,
-                               env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=_hear_ctrl_c)
     for line in process.stdout:
         if line.startswith("noisealign ui: open "):
             return process, line.split("open ", 1)[1].strip()

@@ -512,6 +512,7 @@ def test_ctrl_c_stops_the_batch_at_once_and_no_request_starts_after_it(tmp_path)
         signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
 
     interrupt = threading.Timer(0.5, ctrl_c)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)   # even if the runner ignores SIGINT
     interrupt.start()
     try:
         with pytest.raises(KeyboardInterrupt):
@@ -520,6 +521,7 @@ def test_ctrl_c_stops_the_batch_at_once_and_no_request_starts_after_it(tmp_path)
         time.sleep(1.5)  # the attempts in flight have timed out by now: no retry may follow
     finally:
         interrupt.cancel()
+        signal.signal(signal.SIGINT, previous)
         server.stop()
     print(f"Ctrl-C: the judge returned {latency:.3f} s later; {len(server.seen)} request(s) sent in all")
     assert latency < 1.0 and len(server.seen) == 2
