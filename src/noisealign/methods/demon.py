@@ -58,7 +58,7 @@ class DemonConfig:
         Langevin part to the ODE part at the top of the grid, is the paper's 1.46 (0.018 for
         sigma_max 80; at beta 0.1 there the Langevin part washes out the early choices).
     tau: weight temperature, a positive number or "adaptive" (the std of each step's rewards).
-    lookahead: the clean estimate c(x_k, sigma_next) scored: "ode" (Heun to sigma_min),
+    lookahead: the clean estimate c(x_k, sigma_next) scored: "ode" (the PF-ODE to sigma_min),
         "tweedie" (D(x_k, sigma_next), one call) or "consistency" (the model's few-step estimate).
     lookahead_solver, lookahead_steps: the ODE look-ahead's solver (engine.samplers.ODE_SOLVERS)
         and c_steps, its steps from sigma_max (fewer lower down). UniPC with 15 steps scores as
