@@ -12,8 +12,8 @@ import pytest
 import torch
 from torch import nn
 
-from noisealign.align import align
-from noisealign.batch import BatchFailed, align_batch
+from noisealign.align import RunFailed, align
+from noisealign.batch import align_batch
 from noisealign.budget import Ledger
 from noisealign.configs import config_from_dict
 from noisealign.engine import karras_sigmas
@@ -538,7 +538,7 @@ def test_align_batch_is_bit_identical_to_one_seed_at_a_time_on_cpu(name):
 def test_a_batch_stopped_by_its_reward_keeps_every_seeds_best_so_far():
     seen = [[], [], []]
     problem = Problem(TinyConv(), Scripted([0.0, 0.0, 5.0, 0.0], fails_at=4))   # one call scores all 3 seeds
-    with pytest.raises(BatchFailed) as stopped:
+    with pytest.raises(RunFailed) as stopped:
         align_batch(problem, Dno(DnoConfig(steps=5, iterations=5)), [0, 1, 2], None, [s.append for s in seen])
     kept = stopped.value.outcomes
     assert [o.status for o in kept] == ["failed"] * 3 and [len(s) for s in seen] == [4, 4, 4]

@@ -12,6 +12,7 @@ sample so far (`RunContext.keep`) inside the exception: `RunInterrupted.outcome`
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import Tensor
@@ -42,21 +43,23 @@ class Outcome:
 
 
 class RunFailed(NoiseAlignError):
-    """The run failed; `outcome` holds what it kept (status 'failed', the error's line), and
-    `report` what `generate.execute` wrote, when it ran the run."""
+    """The run failed; `outcome` holds what it kept (status 'failed', the error's line),
+    `outcomes` that of every seed of a batch (`batch.align_batch`), and `report` what
+    `generate.execute` wrote, when it ran the run."""
 
-    def __init__(self, message: str, outcome: Outcome | None):
+    def __init__(self, message: str, *outcomes: Outcome | None):
         super().__init__(message)
-        self.outcome, self.report = outcome, None
+        self.outcomes, self.outcome, self.report = list(outcomes), outcomes[0], None
 
 
 class RunInterrupted(stopping.Stopped):
-    """The run was interrupted; `outcome` holds what it kept (status 'interrupted'), and
-    `report` what `generate.execute` wrote, when it ran the run."""
+    """The run was interrupted; `outcome` holds what it kept (status 'interrupted'),
+    `outcomes` that of every seed of a batch, and `report` what `generate.execute` wrote,
+    when it ran the run."""
 
-    def __init__(self, signum: int, outcome: Outcome | None):
+    def __init__(self, signum: int, *outcomes: Outcome | None):
         super().__init__(signum)
-        self.outcome, self.report = outcome, None
+        self.outcomes, self.outcome, self.report = list(outcomes), outcomes[0], None
 
 
 def evaluate(problem: Problem, outputs: Tensor) -> Tensor:
@@ -79,20 +82,29 @@ def align(problem: Problem, method: Method, seed: int, budget: int | None,
     method cannot run on this problem and budget (`Method.plan`).
     """
     method = method.plan(problem, budget)
-    ledger = Ledger(query_limit=budget)
-    context = RunContext(problem, seed, ledger, observer)
+    context = RunContext(problem, seed, Ledger(query_limit=budget), observer)
+    return run_contexts(problem, [context], lambda: [method.run(context)])[0]
+
+
+def run_contexts(problem: Problem, contexts: list[RunContext],
+                 run: Callable[[], list[MethodResult]]) -> list[Outcome]:
+    """The Outcome of each context's result from `run()` (one per context, in order), its final
+    reward measured outside the budget; RunInterrupted / RunFailed carrying every context's kept
+    outcome if it stops."""
     try:
-        result = method.run(context)
+        results = run()
     except KeyboardInterrupt as interrupt:
-        raise RunInterrupted(stopping.signal_of(interrupt), _kept(problem, context, INTERRUPTED, None)) from None
+        raise RunInterrupted(stopping.signal_of(interrupt),
+                             *[_kept(problem, c, INTERRUPTED, None) for c in contexts]) from None
     except NoiseAlignError as error:
-        raise RunFailed(str(error), _kept(problem, context, FAILED, str(error))) from None
-    seconds = ledger.seconds
+        raise RunFailed(str(error), *[_kept(problem, c, FAILED, str(error)) for c in contexts]) from None
+    seconds = [c.ledger.seconds for c in contexts]
     try:
-        final_reward = float(evaluate(problem, result.output)[0])
+        final_rewards = [float(evaluate(problem, result.output)[0]) for result in results]
     except NoiseAlignError as error:
-        raise RunFailed(str(error), Outcome(result, None, ledger, seconds, FAILED, str(error))) from None
-    return Outcome(result, final_reward, ledger, seconds)
+        raise RunFailed(str(error), *[Outcome(r, None, c.ledger, s, FAILED, str(error))
+                                      for r, c, s in zip(results, contexts, seconds)]) from None
+    return [Outcome(r, f, c.ledger, s) for r, f, c, s in zip(results, final_rewards, contexts, seconds, strict=True)]
 
 
 def _kept(problem: Problem, context: RunContext, status: str, error: str | None) -> Outcome:

@@ -14,27 +14,10 @@ from typing import Sequence
 
 import torch
 
-from . import stopping
-from .align import FAILED, INTERRUPTED, Outcome, RunFailed, RunInterrupted, _kept, evaluate
+from .align import Outcome, run_contexts
 from .budget import Ledger
 from .errors import NoiseAlignError
 from .methods.base import Method, Observer, Problem, RunContext
-
-
-class BatchInterrupted(RunInterrupted):
-    """A batch was interrupted; `outcomes` holds every seed's kept outcome (`outcome`: the first's)."""
-
-    def __init__(self, signum: int, outcomes: list[Outcome]):
-        super().__init__(signum, outcomes[0])
-        self.outcomes = outcomes
-
-
-class BatchFailed(RunFailed):
-    """A batch failed; `outcomes` holds every seed's kept outcome (`outcome`: the first's)."""
-
-    def __init__(self, message: str, outcomes: list[Outcome]):
-        super().__init__(message, outcomes[0])
-        self.outcomes = outcomes
 
 
 def align_batch(problem: Problem, method: Method, seeds: Sequence[int], budget: int | None,
@@ -42,7 +25,7 @@ def align_batch(problem: Problem, method: Method, seeds: Sequence[int], budget: 
     """`align(problem, method, seed, budget, observer)` for every seed, the seeds as one batch.
 
     Raises NoiseAlignError before anything runs if the method has no batch path or cannot run
-    (`Method.plan`); BatchInterrupted / BatchFailed with each seed's kept outcome if it stops.
+    (`Method.plan`); RunInterrupted / RunFailed with each seed's kept outcome in `outcomes` if it stops.
     """
     method = method.plan(problem, budget)
     if not batched(method):
@@ -50,23 +33,7 @@ def align_batch(problem: Problem, method: Method, seeds: Sequence[int], budget: 
     observers = list(observers) if observers is not None else [None] * len(seeds)
     contexts = [RunContext(problem, seed, Ledger(query_limit=budget), observer)
                 for seed, observer in zip(seeds, observers, strict=True)]
-    try:
-        results = method.run_batch(contexts)
-    except KeyboardInterrupt as interrupt:
-        raise BatchInterrupted(stopping.signal_of(interrupt),
-                               [_kept(problem, c, INTERRUPTED, None) for c in contexts]) from None
-    except NoiseAlignError as error:
-        raise BatchFailed(str(error), [_kept(problem, c, FAILED, str(error)) for c in contexts]) from None
-    outcomes = []
-    for context, result in zip(contexts, results):
-        seconds = context.ledger.seconds
-        try:
-            final_reward = float(evaluate(problem, result.output)[0])
-        except NoiseAlignError as error:
-            raise BatchFailed(str(error), [Outcome(r, None, c.ledger, seconds, FAILED, str(error))
-                                           for c, r in zip(contexts, results)]) from None
-        outcomes.append(Outcome(result, final_reward, context.ledger, seconds))
-    return outcomes
+    return run_contexts(problem, contexts, lambda: method.run_batch(contexts))
 
 
 def batched(method: Method | type) -> bool:

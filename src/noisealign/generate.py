@@ -201,7 +201,7 @@ def execute(run: PreparedRun, progress: ProgressFactory | None = None) -> RunRep
                 if primary:
                     _write_primary(folder, record, seeds[0].aligned, trace, run.problem.model)
         except (KeyboardInterrupt, NoiseAlignError) as stop:
-            for each, kept in zip(aligning, getattr(stop, "outcomes", [getattr(stop, "outcome", None)])):
+            for each, kept in zip(aligning, getattr(stop, "outcomes", [])):
                 each.aligned = kept
             if aligning and aligning[0] is seeds[0] and seeds[0].aligned is not None:   # keep its best so far
                 _write_primary(folder, record, seeds[0].aligned, trace, run.problem.model)
