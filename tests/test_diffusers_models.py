@@ -27,6 +27,7 @@ from noisealign.methods.plain import Plain, PlainConfig  # noqa: E402
 from noisealign.models.base import make_denoiser  # noqa: E402
 from noisealign.models.diffusers_loading import load_diffusers_model  # noqa: E402
 from noisealign.models.registry import load_model  # noqa: E402
+from noisealign.models import diffusers_base  # noqa: E402
 from noisealign.rewards.registry import parse_reward  # noqa: E402
 
 TOLERANCE = 2 / 255
@@ -166,6 +167,25 @@ def test_consistency_estimate_only_for_few_step_models(few_step, base, pipelines
     assert torch.equal(turbo.consistency_estimate(x, sigma, cond), turbo.denoise(x, sigma, cond))
     with pytest.raises(NoiseAlignError, match="tweedie"):
         base.consistency_estimate(x, sigma, base.encode_prompt(PROMPT))
+
+
+@pytest.mark.parametrize("family", ["sd", "flux-dev"])
+def test_a_prompt_is_encoded_once_for_the_runs_that_use_it(family, pipelines, tmp_path_factory):
+    """Baseline and method, grid and sweep cells: each run asks for its prompt's encoding; the
+    model keeps the last PROMPT_CACHE prompts', the same tensors a fresh encoding gives."""
+    model = load(saved(pipelines[family], tmp_path_factory, family + "-prompts"))
+    encoded, encoder = [], model.encoder
+    model.encoder = lambda prompt: encoded.append(prompt) or encoder(prompt)
+    fresh = {k: v.clone() for k, v in model.encode_prompt(PROMPT).items()}
+    for _ in range(3):
+        assert all(torch.equal(v, fresh[k]) for k, v in model.encode_prompt(PROMPT).items())
+    assert encoded == [PROMPT]
+    others = [f"prompt {i}" for i in range(diffusers_base.PROMPT_CACHE)]
+    for prompt in others:
+        model.encode_prompt(prompt)
+    model.encode_prompt(others[-1])                       # still kept
+    model.encode_prompt(PROMPT)                           # the least recent: dropped, encoded again
+    assert encoded == [PROMPT, *others, PROMPT]
 
 
 @pytest.mark.parametrize("family", ["sdxl", "sd3", "flux-dev"])

@@ -18,6 +18,9 @@ from torch import Tensor
 from ..errors import NoiseAlignError
 from .base import GUIDANCE_KINDS, Conditioning, broadcast_condition
 
+PROMPT_CACHE = 8
+"""Prompts whose encodings a model keeps (`LatentDiffusionModel.encode_prompt`)."""
+
 Network = Callable[[Tensor, Tensor, dict], Tensor]
 """network(x_in, timestep, cond) -> raw output (eps, v or flow velocity), one row per sample."""
 
@@ -93,13 +96,25 @@ class LatentDiffusionModel:
         self.supports_consistency = few_step
         check_choice("guidance kind", guidance_kind, GUIDANCE_KINDS, name)
         self.guidance_kind = guidance_kind
+        self._encoded: dict[str, Conditioning] = {}     # prompt -> conditioning, least recent first
 
     def encode_prompt(self, prompt: str) -> Conditioning:
         """The pipeline's own text encoding of one prompt; "" is the unconditional prompt.
-        A guidance-distilled model's conditioning holds its default guidance scale."""
-        with torch.no_grad():
-            cond = self.encoder(prompt)
-        return self.embed_guidance(cond, self.default_guidance) if self.guidance_kind == "distilled" else cond
+        A guidance-distilled model's conditioning holds its default guidance scale.
+
+        The last PROMPT_CACHE prompts' encodings are kept: every run encodes its prompt and
+        negative prompt (a grid or sweep cell twice: baseline and method), and a T5 encoder
+        costs as much as several denoiser calls. Callers never write into a conditioning."""
+        cond = self._encoded.pop(prompt, None)
+        if cond is None:
+            with torch.no_grad():
+                cond = self.encoder(prompt)
+            if self.guidance_kind == "distilled":
+                cond = self.embed_guidance(cond, self.default_guidance)
+        self._encoded[prompt] = cond                     # the most recent last
+        while len(self._encoded) > PROMPT_CACHE:
+            self._encoded.pop(next(iter(self._encoded)))
+        return cond
 
     def decode(self, x0: Tensor) -> Tensor:
         return self.decoder(x0)
