@@ -17,7 +17,11 @@ Settings (the issue's): Demon tanh, adaptive tau, ODE look-ahead of 20 steps, be
 K 16, T 16, ode_after 0.11, reward = brightness of the decoded image; ours runs twice, with the
 official look-ahead (Heun, 20 steps) and with our default (UniPC, 15 steps). DNO grad mode, eta 1,
 CFG 5, gamma 0 (the official default: no regularizer), lr 0.01; the official code checkpoints
-every UNet call, ours runs with checkpointing all and none;
+every UNet call ("official"), and runs again with its checkpoint.checkpoint call replaced by a
+direct call ("official-nockpt", a monkeypatch in the shim); ours runs with checkpointing all
+and none, eagerly and with --compile trace (the UNet call replayed by torch.jit.trace: "-trace"
+arms; Demon's "ours-unipc15-trace" likewise). A traced UNet skips its module's forward hooks, so
+its calls are counted at the model's network call instead;
 seconds, UNet calls and faults per iteration are (run of 3 iterations - run of 1) / 2 on both sides,
 after a warm-up run (the first checkpointed call of a process imports torch._dynamo).
 Unless --allocator default, both sides run with glibc's thresholds pinned through the
@@ -69,8 +73,25 @@ class UNetMeter:
                 module.register_forward_pre_hook(self._count)
 
     def _count(self, module, args) -> None:
+        import torch
+
+        if torch.jit.is_tracing():          # recording a trace: count_traced_calls counts this call
+            return
         self.calls += 1
         self.samples += len(args[0])
+
+
+def count_traced_calls(model, meter: UNetMeter) -> None:
+    """A traced network (compile "trace") runs no UNet forward hook after its trace: count its
+    calls where the model calls the network (checkpoint recomputation included)."""
+    traced = model.network
+
+    def network(x_in, timestep, cond):
+        meter.calls += 1
+        meter.samples += len(x_in)
+        return traced(x_in, timestep, cond)
+
+    model.network = network
 
 
 def _rusage() -> tuple[float, int]:
@@ -90,9 +111,9 @@ def measure(run, meter: UNetMeter) -> dict:
             "peak_rss_mb": peak, "minor_faults": faults_after - faults, "reward": reward}
 
 
-def ours_demon(folder: str, solver: str = "heun", steps: int = 20) -> tuple:
+def ours_demon(folder: str, solver: str = "heun", steps: int = 20, compile: str = "off") -> tuple:
     """noisealign's Demon with the issue's settings and the look-ahead given (the official code's:
-    Heun, 20 steps; our default: UniPC, 15); returns (run, meter)."""
+    Heun, 20 steps; our default: UniPC, 15) and the compile mode; returns (run, meter)."""
     import torch
 
     from noisealign.budget import Ledger
@@ -101,7 +122,10 @@ def ours_demon(folder: str, solver: str = "heun", steps: int = 20) -> tuple:
     from noisealign.models.diffusers_loading import load_diffusers_model
     from noisealign.rewards.simple import Brightness
 
-    model = load_diffusers_model(folder, height=32, width=32, scheduler="karras")
+    model = load_diffusers_model(folder, height=32, width=32, scheduler="karras", compile=compile)
+    meter = UNetMeter()
+    if compile == "trace":
+        count_traced_calls(model, meter)
     problem = Problem(model, Brightness(), PROMPT, "", 2.0)
     config = DemonConfig(demon="tanh", K=16, beta=0.1, tau="adaptive", lookahead="ode", lookahead_solver=solver,
                          lookahead_steps=steps, ode_after=0.11, grid_points=16)
@@ -112,7 +136,7 @@ def ours_demon(folder: str, solver: str = "heun", steps: int = 20) -> tuple:
 
     with torch.inference_mode():
         model.denoise(torch.zeros(1, *model.sample_shape), torch.tensor(1.0), model.encode_prompt(PROMPT))  # warm-up
-    return run, UNetMeter()
+    return run, meter
 
 
 def official_demon(folder: str, official: str) -> tuple:
@@ -146,8 +170,9 @@ def official_demon(folder: str, official: str) -> tuple:
     return run, UNetMeter()
 
 
-def ours_dno(folder: str, steps: int, checkpointing: str = "all") -> tuple:
-    """noisealign's DNO (grad; checkpointing "all" or "none"); run(iterations) returns the best reward."""
+def ours_dno(folder: str, steps: int, checkpointing: str = "all", compile: str = "off") -> tuple:
+    """noisealign's DNO (grad; checkpointing "all" or "none"; compile "off" or "trace"); run(iterations)
+    returns the best reward."""
     import dataclasses
 
     from noisealign.budget import Ledger
@@ -156,7 +181,10 @@ def ours_dno(folder: str, steps: int, checkpointing: str = "all") -> tuple:
     from noisealign.models.diffusers_loading import load_diffusers_model
     from noisealign.rewards.simple import Brightness
 
-    model = load_diffusers_model(folder, height=32, width=32, scheduler="ddim")
+    model = load_diffusers_model(folder, height=32, width=32, scheduler="ddim", compile=compile)
+    meter = UNetMeter()
+    if compile == "trace":
+        count_traced_calls(model, meter)
     problem = Problem(model, Brightness(), PROMPT, "", 5.0)
     kind = {field.name: field.type for field in dataclasses.fields(DnoConfig)}["checkpointing"]
     if kind in (bool, "bool"):                    # before --checkpointing auto|all|none
@@ -167,11 +195,12 @@ def ours_dno(folder: str, steps: int, checkpointing: str = "all") -> tuple:
                            checkpointing=checkpointing)
         return Dno(config).run(RunContext(problem, seed=0, ledger=Ledger())).reward
 
-    return run, UNetMeter()
+    return run, meter
 
 
-def official_dno(folder: str, official: str, steps: int) -> tuple:
-    """main()'s loop of the official dno_stable_diffusion.py on this pipeline's 16 x 16 latent."""
+def official_dno(folder: str, official: str, steps: int, checkpointing: bool = True) -> tuple:
+    """main()'s loop of the official dno_stable_diffusion.py on this pipeline's 16 x 16 latent; without
+    checkpointing, its `checkpoint.checkpoint(unet, ...)` becomes a direct call `unet(...)`."""
     import torch
     from diffusers import DDIMScheduler, StableDiffusionPipeline
 
@@ -180,6 +209,8 @@ def official_dno(folder: str, official: str, steps: int) -> tuple:
     sys.path.insert(0, official)
     import dno_stable_diffusion as dno
 
+    if not checkpointing:           # the module's `import torch.utils.checkpoint as checkpoint`, shimmed here only
+        dno.checkpoint = types.SimpleNamespace(checkpoint=lambda function, *args, use_reentrant=None: function(*args))
     pipeline = StableDiffusionPipeline.from_pretrained(folder, safety_checker=None)
     for part in (pipeline.vae, pipeline.text_encoder, pipeline.unet):
         part.requires_grad_(False)
@@ -234,21 +265,29 @@ def worker(spec: dict) -> dict:
     torch.set_num_threads(spec["threads"])
     side, folder = spec["side"], spec["folder"]
     if spec["method"] == "demon":
-        run, meter = (ours_demon(folder, *spec.get("lookahead", ("heun", 20))) if side == "ours"
+        run, meter = (ours_demon(folder, *spec.get("lookahead", ("heun", 20)), spec.get("compile", "off"))
+                      if side == "ours"
                       else official_demon(folder, spec["official"]))
         return measure(run, meter)
     if spec["method"] == "digits-demon":
         return measure(*ours_digits_demon())
     steps = spec["steps"]
-    run, meter = (ours_dno(folder, steps, spec.get("checkpointing", "all")) if side == "ours"
-                  else official_dno(folder, spec["official"], steps))
+    run, meter = (ours_dno(folder, steps, spec.get("checkpointing", "all"), spec.get("compile", "off"))
+                  if side == "ours" else official_dno(folder, spec["official"], steps, spec.get("checkpointing", True)))
+    loaded = _resident_mb()                 # the pipeline loaded, no iteration run yet
     run(1)                                  # warm-up: the first checkpointed call imports torch._dynamo
     one, three = measure(lambda: run(1), meter), measure(lambda: run(3), meter)
     return {"seconds": (three["seconds"] - one["seconds"]) / 2,
             "unet_calls": (three["unet_calls"] - one["unet_calls"]) / 2,
             "unet_samples": (three["unet_samples"] - one["unet_samples"]) / 2,
-            "peak_rss_mb": three["peak_rss_mb"], "minor_faults": (three["minor_faults"] - one["minor_faults"]) / 2,
-            "reward": three["reward"]}
+            "peak_rss_mb": three["peak_rss_mb"], "above_load_mb": three["peak_rss_mb"] - loaded,
+            "minor_faults": (three["minor_faults"] - one["minor_faults"]) / 2, "reward": three["reward"]}
+
+
+def _resident_mb() -> float:
+    """The process's resident memory now, in MiB (/proc/self/statm: pages)."""
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * resource.getpagesize() / 2 ** 20
 
 
 def ours_digits_demon() -> tuple:
@@ -476,16 +515,21 @@ def median(runs: list[dict], key: str) -> float:
 def report(label: str, results: dict[str, list[dict]], baseline: str, other: str) -> str:
     """A markdown row: medians of both arms and the ratios other / baseline."""
     cells = [label]
-    for key, fmt in (("seconds", "{:.3f}"), ("unet_calls", "{:.0f}"), ("unet_samples", "{:.0f}"),
-                     ("peak_rss_mb", "{:.0f}"), ("minor_faults", "{:.0f}"), ("reward", "{:.5f}")):
+    for key, fmt in COLUMNS:
+        if key not in results[baseline][0]:
+            continue
         a, b = median(results[baseline], key), median(results[other], key)
         ratio = f" ({b / a:.2f})" if a > 0 and b >= 0 else ""     # DNO's per-iteration faults can be < 0: noise
         cells.append(f"{fmt.format(a)} / {fmt.format(b)}{ratio}")
     return "| " + " | ".join(cells) + " |"
 
 
+COLUMNS = (("seconds", "{:.3f}"), ("unet_calls", "{:.0f}"), ("unet_samples", "{:.0f}"), ("peak_rss_mb", "{:.0f}"),
+           ("above_load_mb", "{:.0f}"), ("minor_faults", "{:.0f}"), ("reward", "{:.5f}"))
 HEADER = ("| run | seconds {0} | UNet calls {0} | UNet samples {0} | peak RSS MB {0} | minor faults {0} "
           "| reward {0} |\n|---|---|---|---|---|---|---|")
+DNO_HEADER = ("| run | seconds {0} | UNet calls {0} | UNet samples {0} | peak RSS MB {0} | peak RSS above the loaded "
+              "pipeline MB {0} | minor faults {0} | reward {0} |\n|---|---|---|---|---|---|---|---|")
 
 
 def save_pipeline(folder: str) -> str:
@@ -529,23 +573,40 @@ def compare(args: argparse.Namespace, folder: str) -> None:
         lookaheads = {"ours-heun20": ("heun", 20), "ours-unipc15": ("unipc", 15)}   # official's; our default
         arms = {"official": ({**base, "method": "demon", "side": "official"}, environ),
                 **{name: ({**base, "method": "demon", "side": "ours", "lookahead": lookahead}, environ)
-                   for name, lookahead in lookaheads.items()}}
+                   for name, lookahead in lookaheads.items()},
+                "ours-unipc15-trace": ({**base, "method": "demon", "side": "ours", "lookahead": ("unipc", 15),
+                                        "compile": "trace"}, environ)}
         results = alternate(arms, args.repeats)
         rows.append(report("Demon K 16, T 16, one image: ours look-ahead Heun 20", results, "official", "ours-heun20"))
         rows.append(report("Demon K 16, T 16, one image: ours look-ahead UniPC 15", results, "official",
                            "ours-unipc15"))
+        rows.append(report("Demon K 16, T 16, one image: ours look-ahead UniPC 15, compile trace", results, "official",
+                           "ours-unipc15-trace"))
         rows.append(report("(ours UniPC 15 against ours Heun 20)", results, "ours-heun20", "ours-unipc15"))
-        legend = "official / ours (ours / official)"
+        rows.append(report("(ours UniPC 15 traced against eager)", results, "ours-unipc15", "ours-unipc15-trace"))
+        legend = "A / B (B / A)"
     elif args.what == "dno":
         for steps in args.steps:
-            arms = {"official": ({**base, "method": "dno", "side": "official", "steps": steps}, environ),
-                    **{f"ours-{mode}": ({**base, "method": "dno", "side": "ours", "steps": steps,
-                                         "checkpointing": mode}, environ) for mode in ("all", "none")}}
+            dno = {**base, "method": "dno", "steps": steps}
+            arms = {"official": ({**dno, "side": "official"}, environ),
+                    "official-nockpt": ({**dno, "side": "official", "checkpointing": False}, environ),
+                    **{f"ours-{mode}{suffix}": ({**dno, "side": "ours", "checkpointing": mode, "compile": compile},
+                                                environ)
+                       for mode in ("all", "none") for suffix, compile in (("", "off"), ("-trace", "trace"))}}
             results = alternate(arms, args.repeats)
+            label = f"DNO {steps} steps, per iteration"
+            rows.append(report(f"{label}, official without checkpointing", results, "official", "official-nockpt"))
             for mode in ("all", "none"):
-                rows.append(report(f"DNO {steps} steps, per iteration, ours checkpointing {mode}", results,
-                                   "official", f"ours-{mode}"))
-        legend = "official / ours (ours / official)"
+                for suffix, compiled in (("", ""), ("-trace", ", compile trace")):
+                    rows.append(report(f"{label}, ours checkpointing {mode}{compiled}", results,
+                                       "official", f"ours-{mode}{suffix}"))
+            for suffix, compiled in (("", ""), ("-trace", ", compile trace")):
+                rows.append(report(f"{label}, ours checkpointing none{compiled} against official-nockpt", results,
+                                   "official-nockpt", f"ours-none{suffix}"))
+            for mode in ("all", "none"):
+                rows.append(report(f"({label}, ours checkpointing {mode}: traced against eager)", results,
+                                   f"ours-{mode}", f"ours-{mode}-trace"))
+        legend = "A / B (B / A)"
     else:
         for method, label in (("demon", "Demon K 16, T 16, SD tiny"), ("digits-demon", "Demon B 256, digits, 4 seeds")):
             spec = {**base, "method": method, "side": "ours"}
@@ -554,10 +615,11 @@ def compare(args: argparse.Namespace, folder: str) -> None:
             results = alternate(arms, args.repeats)
             rows.append(report(f"{label}: environment", results, "default", "environment"))
             rows.append(report(f"{label}: mallopt", results, "default", "mallopt"))
-        legend = "default / pinned (pinned / default)"
+        legend = "A / B (B / A)"
     print(f"\n{args.what}: medians of {args.repeats} alternating runs, {args.threads} thread(s), "
-          f"allocator {args.allocator if args.what != 'allocator' else 'as labelled'}")
-    print(HEADER.format(legend))
+          f"allocator {args.allocator if args.what != 'allocator' else 'as labelled'}; in each row A is the "
+          f"baseline arm (the official code, unless the row says 'against' another), B the row's arm")
+    print((DNO_HEADER if args.what == "dno" else HEADER).format(legend))
     print("\n".join(rows))
 
 

@@ -85,9 +85,11 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--grid", type=integer, default=1,
                           help="also run seeds seed+1 .. seed+GRID-1 and write grid.png (baselines above, aligned below)")
     generate.add_argument("--seed-batch", type=integer, default=None, metavar="K",
-                          help="dno, guidance, reno: run the grid's seeds K at a time as one batch (default: all "
-                               "on a GPU; 1 on CPU, where a batch is faster but a grid cell may then differ in the "
-                               "last bits from its seed run alone; lower K if a GPU runs out of memory)")
+                          help="run the grid's seeds K at a time as one batch (dno, guidance, reno: as rows of "
+                               "one batch; the other methods in lockstep, each network call and reward query "
+                               "carrying all K seeds' rows). Default: all on a GPU; 1 on CPU, where a batch is "
+                               "faster but a grid cell may then differ in the last bits from its seed run alone; "
+                               "lower K if a GPU runs out of memory")
     generate.add_argument("--out", default=None, help="run folder (default: a new folder under runs/); never overwritten")
     _add_model_arguments(generate.add_argument_group("model loading options (each model takes some; "
                                                       "one it does not take is an error)"))
@@ -134,9 +136,11 @@ def _add_model_arguments(group: argparse._ArgumentGroup) -> None:
     group.add_argument("--memory-format", choices=["contiguous", "channels_last"], default=None,
                        help="diffusers models: layout of the networks' 4-D tensors; channels_last suits GPU "
                             "convolutions (default contiguous; docs/performance.md)")
-    group.add_argument("--compile", choices=["off", "default", "reduce-overhead", "max-autotune"], default=None,
+    group.add_argument("--compile", choices=["off", "default", "reduce-overhead", "max-autotune", "trace"],
+                       default=None,
                        help="diffusers models: torch.compile mode of the denoising network, compiled on its first "
-                            "call (default off; docs/performance.md)")
+                            "call; or trace: torch.jit.trace it once per input shape (no compile time, same "
+                            "numbers, less Python overhead per call) (default off; docs/performance.md)")
 
 
 def _add_vlm_arguments(group: argparse._ArgumentGroup) -> None:

@@ -19,7 +19,7 @@ import torch
 from ..errors import NoiseAlignError
 from .diffusers_base import FamilyDefaults, LatentDecoder, check_choice
 from .diffusers_families import FamilySpec, families_of, is_few_step, matching_family
-from .speed import COMPILE_MODES, MEMORY_FORMATS, apply_speed_options
+from .speed import COMPILE_MODES, MEMORY_FORMATS, TracedNetwork, apply_speed_options
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
@@ -145,7 +145,7 @@ def load_diffusers_model(name_or_path: str, device: str = "cpu", dtype: str = "f
             and "turbo" in the name marks SD / SDXL / SD3 Turbo models, whose configs are
             their base models'.
         memory_format, compile: the speed options of `speed` (contiguous / channels_last;
-            off or a torch.compile mode).
+            off, a torch.compile mode, or "trace": torch.jit.trace per input signature).
     """
     check_choice("dtype", dtype, tuple(DTYPES), name_or_path)
     check_choice("memory format", memory_format, tuple(MEMORY_FORMATS), name_or_path)
@@ -177,7 +177,10 @@ def _load(info: PipelineInfo, name_or_path: str, device: str, dtype: str, height
     network = getattr(pipe, spec.network)
     apply_speed_options(network, pipe.vae, memory_format, compile)
     height, width = shape[1] * info.vae_factor, shape[2] * info.vae_factor
-    common = dict(name=name_or_path, network=spec.network_call(network), encoder=spec.encoder(pipe, height, width),
+    network_call = spec.network_call(network)
+    if compile == "trace":
+        network_call = TracedNetwork(network_call)
+    common = dict(name=name_or_path, network=network_call, encoder=spec.encoder(pipe, height, width),
                   decoder=LatentDecoder(pipe.vae, shift=spec.vae_shift, latents_stats=spec.vae_latents_stats),
                   sample_shape=shape, defaults=info.defaults, device=network.device, dtype=network.dtype,
                   few_step=info.few_step, guidance_kind=spec.guidance, scheduler_config=info.scheduler_config,
