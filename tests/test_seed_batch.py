@@ -1,5 +1,6 @@
-"""`generate --grid N --seed-batch K`: dno, guidance and reno run the grid's seeds K at a time
-through `align_batch`, each seed's outcome and grid cell as if run alone, under the run contract."""
+"""`generate --grid N --seed-batch K`: every method runs the grid's seeds K at a time through
+`align_batch` (dno, guidance and reno as one batch, the others in lockstep), each seed's outcome
+and grid cell as if run alone, under the run contract."""
 
 from __future__ import annotations
 
@@ -15,8 +16,12 @@ import torch
 from noisealign import cli, generate
 from noisealign.batch import seed_batch_size, seed_chunks
 from noisealign.generate import RunRequest, execute, prepare
+from noisealign.methods.best_of_n import BestOfNConfig
+from noisealign.methods.demon import DemonConfig
 from noisealign.methods.dno import DnoConfig
+from noisealign.methods.fk import FkConfig
 from noisealign.methods.guidance import GuidanceConfig
+from noisealign.methods.plain import PlainConfig
 from noisealign.methods.reno import RenoConfig
 from test_run_contract import ENV, ROOT, noisealign, strict_json
 
@@ -24,6 +29,9 @@ SMALL = {  # (config, budget): a few iterations or steps on the 2-D mixture
     "dno": (DnoConfig(steps=8, regularizer="moments"), 5),
     "guidance": (GuidanceConfig(steps=8, recurrence=1, scale=2.0), 8),
     "reno": (RenoConfig(steps=4, lr=0.5), 5),
+    "demon": (DemonConfig(K=2, lookahead="tweedie"), 8),                    # in lockstep
+    "best-of-n": (BestOfNConfig(batch_size=2, sampler=PlainConfig(steps=6)), 5),
+    "fk": (FkConfig(steps=8, particles=3), 12),
 }
 
 
@@ -56,11 +64,13 @@ def test_a_batched_grid_is_bit_identical_to_its_seeds_run_one_at_a_time_on_cpu(t
     assert (batched.folder / "image.json").read_bytes() == (alone.folder / "image.json").read_bytes()
 
 
-def test_a_batched_digits_grid_writes_every_cell_and_its_first_seed_regenerates(tmp_path, capsys):
+@pytest.mark.parametrize("flags", [["--method", "guidance", "--steps", "4"],
+                                   ["--method", "demon", "--K", "2", "--lookahead", "tweedie"]])   # in lockstep
+def test_a_batched_digits_grid_writes_every_cell_and_its_first_seed_regenerates(tmp_path, capsys, flags):
     """On a convolutional model, where a batch may round differently, the kept samples still
     regenerate exactly: each is replayed alone from its noises."""
     out = tmp_path / "run"
-    assert cli.main(["generate", "--quiet", "--out", str(out), "--method", "guidance", "--steps", "4",
+    assert cli.main(["generate", "--quiet", "--out", str(out), *flags,
                      "--budget", "4", "--grid", "3", "--seed-batch", "2"]) == 0
     result = json.loads((out / "result.json").read_text())
     assert [row["seed"] for row in result["grid"]] == [0, 1, 2] and (out / "grid.png").exists()
@@ -76,7 +86,6 @@ def test_the_default_is_every_seed_on_an_accelerator_and_one_on_cpu():
 
 @pytest.mark.parametrize("flags, message", [
     (["--method", "dno", "--grid", "4", "--seed-batch", "0"], "--seed-batch must be at least 1, got 0"),
-    (["--method", "best-of-n", "--grid", "4", "--seed-batch", "2"], "--seed-batch applies to dno, reno, guidance"),
     (["--method", "reno", "--seed-batch", "two"], "--seed-batch"),
 ])
 def test_a_bad_seed_batch_is_one_line_exit_2_and_nothing_written(tmp_path, capsys, flags, message):
@@ -89,14 +98,19 @@ def test_a_bad_seed_batch_is_one_line_exit_2_and_nothing_written(tmp_path, capsy
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1 and not out.exists()
 
 
-def test_a_sigterm_during_a_batched_grid_keeps_the_seeds_that_finished(tmp_path):
-    """Grid 4 in batches of 2: the reward slows down in the second batch (its 19th call: the first
-    batch's 2 baselines, 10 queries and 2 final scores, then 2 baselines), where SIGTERM lands."""
+@pytest.mark.parametrize("flags, after", [
+    (["--method", "dno", "--steps", "6"], 19),                  # the first batch's 2 baselines, 10 queries, 2 final scores
+    (["--method", "demon", "--K", "2", "--lookahead", "tweedie"], 12),    # 2 baselines, 5 queries, 2 final scores
+])
+def test_a_sigterm_during_a_batched_grid_keeps_the_seeds_that_finished(tmp_path, flags, after):
+    """Grid 4 in batches of 2: the reward slows down in the second batch (after the first batch's
+    calls and the second's 2 baselines), where SIGTERM lands; demon runs its seeds in lockstep threads."""
     out, marker = tmp_path / "run", tmp_path / "marker"
-    env = {**ENV, "NOISEALIGN_TEST_MARKER": str(marker), "NOISEALIGN_TEST_AFTER": "19", "NOISEALIGN_TEST_SLEEP": "0.3"}
+    env = {**ENV, "NOISEALIGN_TEST_MARKER": str(marker), "NOISEALIGN_TEST_AFTER": str(after),
+           "NOISEALIGN_TEST_SLEEP": "0.3"}
     process = subprocess.Popen([sys.executable, "-m", "noisealign", "generate", "--quiet", "--out", str(out),
                                 "--model", "gmm", "--reward", "python:misbehaving_rewards.slow_after_marker",
-                                "--method", "dno", "--steps", "6", "--budget", "10", "--grid", "4", "--seed-batch", "2"],
+                                *flags, "--budget", "10", "--grid", "4", "--seed-batch", "2"],
                                cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         while not marker.exists():

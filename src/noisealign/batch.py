@@ -1,44 +1,53 @@
 """Several seeds of one method as one batch: `align_batch`, the batched `align`.
 
 A method with a batch path (`run_batch`: dno, reno, guidance) runs all seeds' samples as the
-rows of one batch, so a GPU is busy with B samples instead of one. Each seed keeps its own
-ledger, best-so-far and observer, and gets the Outcome `align` would give it; `seconds` is the
-batch's wall time, shared. The outcomes equal those of `align` seed by seed, bit for bit, where
-the model's and the reward's kernels compute each row alike whatever the batch size (the gmm;
-on CPU, convolutions such as the digits model's may differ in the last bits).
+rows of one batch; every other method runs each seed's `run` in lockstep with the others
+(`lockstep`), its network calls and reward queries batched across the seeds. Either way a GPU
+is busy with B seeds' rows instead of one's. Each seed keeps its own ledger, best-so-far and
+observer, and gets the Outcome `align` would give it; `seconds` is the batch's wall time,
+shared. The outcomes equal those of `align` seed by seed, bit for bit, where the model's and
+the reward's kernels compute each row alike whatever the batch size (the gmm; on CPU,
+convolutions such as the digits model's may differ in the last bits).
 """
 
 from __future__ import annotations
 
+import threading
+from functools import partial
 from typing import Sequence
 
 import torch
 
 from .align import Outcome, run_contexts
 from .budget import Ledger
-from .errors import NoiseAlignError
+from .lockstep import Lockstep, routed_denoiser, routed_problem, serialized
 from .methods.base import Method, Observer, Problem, RunContext
+from .models.base import make_denoiser
 
 
 def align_batch(problem: Problem, method: Method, seeds: Sequence[int], budget: int | None,
                 observers: Sequence[Observer | None] | None = None) -> list[Outcome]:
     """`align(problem, method, seed, budget, observer)` for every seed, the seeds as one batch.
 
-    Raises NoiseAlignError before anything runs if the method has no batch path or cannot run
-    (`Method.plan`); RunInterrupted / RunFailed with each seed's kept outcome in `outcomes` if it stops.
+    Raises NoiseAlignError before anything runs if the method cannot run (`Method.plan`);
+    RunInterrupted / RunFailed with each seed's kept outcome in `outcomes` if it stops.
     """
     method = method.plan(problem, budget)
-    if not batched(method):
-        raise NoiseAlignError(f"method {method.name} has no batch path; run its seeds one at a time with align")
     observers = list(observers) if observers is not None else [None] * len(seeds)
-    contexts = [RunContext(problem, seed, Ledger(query_limit=budget), observer)
-                for seed, observer in zip(seeds, observers, strict=True)]
-    return run_contexts(problem, contexts, lambda: method.run_batch(contexts))
-
-
-def batched(method: Method | type) -> bool:
-    """Whether a method (or its class) runs several seeds as one batch."""
-    return hasattr(method, "run_batch")
+    if len(observers) != len(seeds):
+        raise ValueError(f"{len(seeds)} seeds but {len(observers)} observers")
+    if hasattr(method, "run_batch"):
+        contexts = [RunContext(problem, seed, Ledger(query_limit=budget), observer)
+                    for seed, observer in zip(seeds, observers)]
+        return run_contexts(problem, contexts, lambda: method.run_batch(contexts))
+    lockstep, lock = Lockstep(), threading.Lock()
+    seen_by_seeds = routed_problem(problem, lockstep)
+    denoiser = routed_denoiser(make_denoiser(problem.model, problem.prompt, problem.guidance,
+                                             problem.negative_prompt), lockstep)
+    contexts = [RunContext(seen_by_seeds, seed, Ledger(query_limit=budget), serialized(observer, lock), denoiser)
+                for seed, observer in zip(seeds, observers)]
+    return run_contexts(problem, contexts,
+                        lambda: lockstep.run([partial(method.run, context) for context in contexts]))
 
 
 def seed_batch_size(requested: int | None, seeds: int, device: torch.device | str) -> int:

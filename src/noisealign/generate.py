@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .align import COMPLETE, FAILED, INTERRUPTED, Outcome, RunFailed, RunInterrupted, align, baseline
-from .batch import align_batch, batched, seed_batch_size, seed_chunks
+from .batch import align_batch, seed_batch_size, seed_chunks
 from .errors import NoiseAlignError
 from .methods.base import Method, Observer, Problem, StepEvent
 from .methods.registry import METHODS
@@ -36,8 +36,6 @@ from .stopping import signal_of
 SEED_LIMIT = 2 ** 63
 DEFAULT_REWARDS = {"digits": "digit:3", "gmm": "coordinate:0"}
 """The reward a model is aligned toward when none is given (diffusers models: aesthetic)."""
-BATCHED = [name for name, entry in METHODS.items() if batched(entry.method)]
-"""The methods that run several seeds as one batch (--seed-batch)."""
 
 
 @dataclass(frozen=True)
@@ -74,9 +72,6 @@ class RunRequest:
                                                  "lower --seed or --grid"),
             (self.seed_batch is not None and self.seed_batch < 1,
              f"--seed-batch must be at least 1, got {self.seed_batch}"),
-            (self.seed_batch is not None and not batched(METHODS[self.method].method),
-             f"--seed-batch applies to {', '.join(BATCHED)}, which run seeds as one batch; "
-             f"{self.method} runs them one at a time, drop it"),
             (self.guidance is not None and not is_finite(self.guidance),
              f"--guidance must be a finite number, got {self.guidance}"),
         ]
@@ -119,9 +114,7 @@ class PreparedRun:
 
     @property
     def seed_batch(self) -> int:
-        """K, the seeds the method runs as one batch (1 for a method without a batch path)."""
-        if not batched(self.method):
-            return 1
+        """K, the seeds the method runs as one batch."""
         return seed_batch_size(self.request.seed_batch, self.request.grid, getattr(self.problem.model, "device", "cpu"))
 
 

@@ -69,11 +69,15 @@ class MethodResult:
 class RunContext:
     """Everything a method may touch during a run, each access counted on the ledger."""
 
-    def __init__(self, problem: Problem, seed: int, ledger: Ledger, observer: Observer | None = None):
+    def __init__(self, problem: Problem, seed: int, ledger: Ledger, observer: Observer | None = None,
+                 denoiser: Callable[[Tensor, Any], Tensor] | None = None):
+        """`denoiser`: the uncounted D(x, sigma) to count (default: the problem's, its prompt
+        encoded now; a seed batch passes one it shares)."""
         self.problem, self.seed, self.ledger = problem, seed, ledger
         self.model = problem.model
-        self.denoiser = CountedDenoiser(
-            make_denoiser(problem.model, problem.prompt, problem.guidance, problem.negative_prompt), ledger)
+        if denoiser is None:
+            denoiser = make_denoiser(problem.model, problem.prompt, problem.guidance, problem.negative_prompt)
+        self.denoiser = CountedDenoiser(denoiser, ledger)
         self._observer = observer
         self._keep: Callable[[], MethodResult] | None = None
 
