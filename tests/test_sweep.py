@@ -227,6 +227,104 @@ def test_a_signal_stops_the_sweep_and_resume_runs_only_the_unfinished_cells(tmp_
     assert (out / "cells" / "best-of-n-b2-r0-p0-s0" / "result.json").stat().st_mtime_ns == stamp
 
 
+GMM = """
+seeds = [0, 1, 2]
+optimize = ["coordinate:0"]
+evaluate = ["coordinate:1"]
+
+[model]
+name = "gmm"
+
+[prompts]
+list = [""]
+
+[[methods]]
+method = "demon"
+budgets = [8]
+options = { K = 2, lookahead = "tweedie" }
+
+[[methods]]
+method = "best-of-n"
+budgets = [4]
+options = { steps = 6, batch-size = 2 }
+"""
+
+
+def test_a_seed_batched_sweep_is_the_same_sweep_bit_for_bit_on_the_gmm(tmp_path, capsys):
+    """--seed-batch 2: each method's seeds 0, 1 as one batch in lockstep, then seed 2 alone;
+    every line, held-out rewards included, equals the sweep run one seed at a time."""
+    spec = tmp_path / "gmm.toml"
+    spec.write_text(GMM)
+    assert sweep(spec, "--out", tmp_path / "batched", "--seed-batch", "2") == 0
+    assert "6 cells; local executor, 1 worker(s), seeds 2 at a time" in capsys.readouterr().err
+    assert sweep(spec, "--out", tmp_path / "alone", "--quiet") == 0
+    batched, alone = lines_of(tmp_path / "batched"), lines_of(tmp_path / "alone")
+    assert without_timings(batched) == without_timings(alone) and len(batched) == 6
+    for line in batched:
+        assert (tmp_path / "batched" / line["run_dir"] / "noise.pt").read_bytes() == \
+            (tmp_path / "alone" / line["run_dir"] / "noise.pt").read_bytes()
+
+
+def test_cells_whose_reward_logs_into_the_run_folder_run_one_after_another(tmp_path, monkeypatch):
+    """The VLM judge logs its requests into the run folder it is attached to, one at a time: its
+    cells are not batched, whatever --seed-batch says."""
+    from noisealign.sweep import worker as worker_module
+
+    spec = tmp_path / "gmm.toml"
+    spec.write_text(GMM)
+    worker = worker_module.Worker(load_spec(spec), threads=1)
+    cells = [cell for cell in cells_of(worker.spec) if cell.method == "best-of-n"][:2]
+    assert not worker._logs_into_run_folders(cells[0])
+    reward = worker.rewards["coordinate:0"]
+
+    class Logging:                                 # stands for the VLM judge
+        name, differentiable = reward.name, False
+
+        def __call__(self, outputs, prompts):
+            return reward(outputs, prompts)
+
+        def attach_run_dir(self, path):
+            self.run_dir = path
+
+    worker.rewards["coordinate:0"] = Logging()
+    monkeypatch.setattr(worker_module, "Lockstep", None)     # a batch would fail to start
+    assert worker._logs_into_run_folders(cells[0])
+    assert [r.status for r in worker.run_group(cells)] == ["complete", "complete"]
+
+
+def test_a_signal_during_a_seed_batch_keeps_the_batches_that_finished(tmp_path, monkeypatch, capsys):
+    """Seeds 0, 1 as one batch, then seed 2: SIGTERM inside the second batch keeps the first two
+    cells; the resumed sweep runs the third and equals a sweep run one seed at a time."""
+    spec = tiny(tmp_path, '"python:misbehaving_rewards.slow_after_marker"', seeds="[0, 1, 2]")
+    out, marker = tmp_path / "out", tmp_path / "marker"
+    # the reward is called 4 times by a batch (baseline, 2 candidates, result; each call for both seeds)
+    env = {**ENV, "NOISEALIGN_TEST_MARKER": str(marker), "NOISEALIGN_TEST_AFTER": "6", "NOISEALIGN_TEST_SLEEP": "0.3"}
+    process = subprocess.Popen([sys.executable, "-m", "noisealign", "sweep", str(spec), "--out", str(out), "--quiet",
+                                "--seed-batch", "2"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not marker.exists():
+        assert process.poll() is None, process.communicate()[1]
+        assert time.monotonic() < deadline, "the reward was never called"
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 143, err
+    assert err.strip().splitlines() == [f"stopped (SIGTERM): 2 of 3 cells finished in {out}; "
+                                        "rerun the same command to resume"], err
+    assert [line["seed"] for line in lines_of(out)] == [0, 1]
+    monkeypatch.setenv("NOISEALIGN_TEST_AFTER", "1000000")
+    monkeypatch.setenv("NOISEALIGN_TEST_MARKER", str(marker))
+    assert sweep(spec, "--out", out, "--quiet", "--seed-batch", "2") == 0
+    assert sweep(spec, "--out", tmp_path / "alone", "--quiet") == 0
+    # the digits model's batched convolutions may round differently: the same runs, rewards to float rounding
+    counts = lambda lines: {line["cell"]: (line["status"], line["reward_queries"], line["nfe"]) for line in lines}  # noqa: E731
+    resumed, alone = lines_of(out), lines_of(tmp_path / "alone")
+    assert counts(resumed) == counts(alone) and len(resumed) == 3
+    for a, b in zip(sorted(resumed, key=lambda line: line["cell"]), sorted(alone, key=lambda line: line["cell"])):
+        assert a["final_reward"] == pytest.approx(b["final_reward"], abs=1e-4)
+
+
 def test_resume_after_a_crash_cuts_the_torn_line_and_reruns_cells_without_a_line(tmp_path):
     spec, out = tiny(tmp_path), tmp_path / "out"
     assert sweep(spec, "--out", out, "--quiet") == 0
@@ -376,7 +474,7 @@ def test_ray_gives_the_same_results_as_the_local_executor(small, ray_cluster, tm
     out = tmp_path / "ray"
     assert sweep(SMALL, "--out", out, "--executor", "ray", "--workers", "2") == 0
     captured = capfd.readouterr()
-    assert captured.err.strip().splitlines() == [f"sweep {out}: 16 cells; ray executor, 2 worker(s)"], captured.err
+    assert captured.err.strip().splitlines() == [f"sweep {out}: 16 cells; ray executor, 2 worker(s), seeds 1 at a time"], captured.err
     assert without_timings(lines_of(out)) == without_timings(lines_of(small))
     cell = lines_of(small)[0]["cell"]
     assert (out / "cells" / cell / "image.png").read_bytes() == (small / "cells" / cell / "image.png").read_bytes()

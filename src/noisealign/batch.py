@@ -20,9 +20,8 @@ import torch
 
 from .align import Outcome, run_contexts
 from .budget import Ledger
-from .lockstep import Lockstep, routed_denoiser, routed_problem, serialized
+from .lockstep import Lockstep, routed_problem, serialized
 from .methods.base import Method, Observer, Problem, RunContext
-from .models.base import make_denoiser
 
 
 def align_batch(problem: Problem, method: Method, seeds: Sequence[int], budget: int | None,
@@ -42,9 +41,7 @@ def align_batch(problem: Problem, method: Method, seeds: Sequence[int], budget: 
         return run_contexts(problem, contexts, lambda: method.run_batch(contexts))
     lockstep, lock = Lockstep(), threading.Lock()
     seen_by_seeds = routed_problem(problem, lockstep)
-    denoiser = routed_denoiser(make_denoiser(problem.model, problem.prompt, problem.guidance,
-                                             problem.negative_prompt), lockstep)
-    contexts = [RunContext(seen_by_seeds, seed, Ledger(query_limit=budget), serialized(observer, lock), denoiser)
+    contexts = [RunContext(seen_by_seeds, seed, Ledger(query_limit=budget), serialized(observer, lock))
                 for seed, observer in zip(seeds, observers)]
     return run_contexts(problem, contexts,
                         lambda: lockstep.run([partial(method.run, context) for context in contexts]))

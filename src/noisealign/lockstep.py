@@ -46,6 +46,7 @@ import torch
 from torch import Tensor
 
 from .methods.base import Observer, Problem
+from .models.base import make_denoiser
 
 T = TypeVar("T")
 POLL_SECONDS = 0.1
@@ -226,11 +227,11 @@ class _RoutedModel:
         value = getattr(self._model, name)
         if name == "consistency_estimate" and value is not None:   # the seeds share one prompt: one cond
             return lambda x, sigma, cond: self._lockstep.call("consistency", value, x, sigma, cond,
-                                                              shared=(float(sigma),))
+                                                              shared=(id(self._model), float(sigma)))
         return value
 
     def decode(self, x: Tensor) -> Tensor:
-        return self._lockstep.call("decode", self._model.decode, x)
+        return self._lockstep.call("decode", self._model.decode, x, shared=(id(self._model),))
 
 
 class _RoutedReward:
@@ -243,20 +244,33 @@ class _RoutedReward:
         return getattr(self._reward, name)
 
     def __call__(self, outputs: Tensor, prompts: Sequence[str]) -> Tensor:
-        return self._lockstep.call("reward", self._reward, outputs, list(prompts), concatenated_args=True)
+        return self._lockstep.call("reward", self._reward, outputs, list(prompts), shared=(id(self._reward),),
+                                   concatenated_args=True)
 
 
 def routed_problem(problem: Problem, lockstep: Lockstep) -> Problem:
-    """The problem a seed's run sees: its model's and reward's calls go through `lockstep`."""
+    """The problem a seed's run sees: its denoiser's, model's and reward's calls go through
+    `lockstep`. Problems alike but for their objects (a sweep's cells of one prompt, one per
+    seed) share calls: a denoiser is known by its model, prompt, negative prompt and guidance."""
+    denoiser = problem.denoiser or make_denoiser(problem.model, problem.prompt, problem.guidance,
+                                                  problem.negative_prompt)
+    identity = (id(problem.model), problem.prompt, problem.negative_prompt, problem.guidance)
     return dataclasses.replace(problem, model=_RoutedModel(problem.model, lockstep),
-                               reward=_RoutedReward(problem.reward, lockstep))
+                               reward=routed_reward(problem.reward, lockstep),
+                               denoiser=_routed_denoiser(denoiser, lockstep, identity))
 
 
-def routed_denoiser(denoiser: Callable[[Tensor, Any], Tensor], lockstep: Lockstep) -> Callable[[Tensor, Any], Tensor]:
+def routed_reward(reward: Any, lockstep: Lockstep) -> Any:
+    """The reward with every query through `lockstep`, batched with the queries of the same reward."""
+    return _RoutedReward(reward, lockstep)
+
+
+def _routed_denoiser(denoiser: Callable[[Tensor, Any], Tensor], lockstep: Lockstep,
+                     identity: tuple) -> Callable[[Tensor, Any], Tensor]:
     """D(x, sigma) through `lockstep`: calls at one sigma share a batch (per-row sigmas run alone)."""
     def call(x: Tensor, sigma: Any) -> Tensor:
         scalar = not isinstance(sigma, Tensor) or sigma.ndim == 0
-        shared = (float(sigma),) if scalar else (object(),)          # a fresh object matches nothing
+        shared = (*identity, float(sigma)) if scalar else (object(),)     # a fresh object matches nothing
         return lockstep.call("denoise", denoiser, x, sigma, shared=shared)
     call.evaluations_per_call = getattr(denoiser, "evaluations_per_call", 1)
     return call

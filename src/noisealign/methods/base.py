@@ -28,6 +28,9 @@ class Problem:
     prompt: str = ""
     negative_prompt: str = ""
     guidance: float | None = None  # None: the model's default
+    denoiser: Callable[[Tensor, Any], Tensor] | None = None
+    """D(x, sigma) with the prompt and guidance bound (None: `make_denoiser` of the above, per
+    run); seeds run in lockstep share one that batches their calls (`lockstep`)."""
 
 
 @dataclass
@@ -69,12 +72,10 @@ class MethodResult:
 class RunContext:
     """Everything a method may touch during a run, each access counted on the ledger."""
 
-    def __init__(self, problem: Problem, seed: int, ledger: Ledger, observer: Observer | None = None,
-                 denoiser: Callable[[Tensor, Any], Tensor] | None = None):
-        """`denoiser`: the uncounted D(x, sigma) to count (default: the problem's, its prompt
-        encoded now; a seed batch passes one it shares)."""
+    def __init__(self, problem: Problem, seed: int, ledger: Ledger, observer: Observer | None = None):
         self.problem, self.seed, self.ledger = problem, seed, ledger
         self.model = problem.model
+        denoiser = problem.denoiser
         if denoiser is None:
             denoiser = make_denoiser(problem.model, problem.prompt, problem.guidance, problem.negative_prompt)
         self.denoiser = CountedDenoiser(denoiser, ledger)

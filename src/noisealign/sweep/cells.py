@@ -7,7 +7,7 @@ short, safe as a folder name, and the same in every run of the same spec.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .spec import SweepSpec
 
@@ -38,3 +38,16 @@ def cells_of(spec: SweepSpec) -> list[Cell]:
             for r, reward in enumerate(spec.optimize)
             for p, prompt in enumerate(spec.prompts)
             for seed in spec.seeds]
+
+
+def seed_groups(cells: list[Cell], size: int) -> list[list[Cell]]:
+    """The cells in order, consecutive cells that differ only in their seed grouped `size` at a
+    time (a group runs as one seed batch; the last of a run of seeds may be smaller)."""
+    groups: list[list[Cell]] = []
+    for cell in cells:
+        last = groups[-1] if groups else None
+        if last is not None and len(last) < size and replace(last[0], seed=cell.seed) == cell:
+            last.append(cell)
+        else:
+            groups.append([cell])
+    return groups

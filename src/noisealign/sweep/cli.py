@@ -41,6 +41,10 @@ def add_parsers(commands: Any) -> None:
     run.add_argument("--ray-address", help="the Ray cluster (default: RAY_ADDRESS, else a local one started here)")
     run.add_argument("--threads", type=integer, default=1, help="torch CPU threads per worker (default 1; bit-identical results need equal threads)")
     run.add_argument("--retries", type=integer, default=1, help="runs of a failed cell after the first (default 1)")
+    run.add_argument("--seed-batch", type=integer, default=None, metavar="K",
+                     help="run the cells that differ only in their seed K at a time as one seed batch, each network "
+                          "call and reward query carrying all K (default: every seed on a GPU; 1 on CPU, where a "
+                          "batched cell may differ in the last bits from the cell run alone)")
     run.add_argument("--offline", action="store_true", help="forbid every download (also NOISEALIGN_OFFLINE=1)")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     add_report_parser(commands)
@@ -58,7 +62,9 @@ def main(args: argparse.Namespace) -> int:
 
     checks = [(args.workers is not None and args.workers < 1, f"--workers must be at least 1, got {args.workers}"),
               (args.retries < 0, f"--retries must be 0 or more, got {args.retries}"),
-              (args.threads < 1, f"--threads must be at least 1, got {args.threads}")]
+              (args.threads < 1, f"--threads must be at least 1, got {args.threads}"),
+              (args.seed_batch is not None and args.seed_batch < 1,
+               f"--seed-batch must be at least 1, got {args.seed_batch}")]
     for bad, message in checks:
         if bad:
             raise NoiseAlignError(message)
@@ -66,7 +72,7 @@ def main(args: argparse.Namespace) -> int:
                                                      "budgets", "optimize", "evaluate")}
     spec = load_spec(Path(args.spec), overrides)
     options = ExecutionOptions(args.executor, args.workers, args.threads, args.retries, args.ray_address,
-                               args.quiet)
+                               args.quiet, args.seed_batch)
     return run_sweep(spec, Path(args.out), options)
 
 

@@ -19,7 +19,8 @@ from tqdm import tqdm
 
 from ..align import COMPLETE
 from ..stopping import EXIT_CODES, signal_of, stop_on_signals
-from .cells import Cell, cells_of
+from ..batch import seed_batch_size
+from .cells import Cell, cells_of, seed_groups
 from .executors import Executor, make_executor
 from .results import SweepFolder, read_results
 from .spec import SweepSpec
@@ -35,6 +36,7 @@ class ExecutionOptions:
     retries: int = 1
     ray_address: str | None = None
     quiet: bool = False
+    seed_batch: int | None = None     # None: every seed on an accelerator, one on a CPU (batch.seed_batch_size)
 
 
 def run_sweep(spec: SweepSpec, out: Path, options: ExecutionOptions) -> int:
@@ -52,7 +54,8 @@ def run_sweep(spec: SweepSpec, out: Path, options: ExecutionOptions) -> int:
         with stop_on_signals():   # entered after the workers start: Ray installs signal handlers of its own
             folder = SweepFolder.open(out, spec_dict)
             try:
-                _run_cells(folder, cells, executor, options)
+                _run_cells(folder, cells, executor, options, seed_batch_size(
+                    options.seed_batch, len(spec.seeds), spec.model_options.get("device") or "cpu"))
             finally:
                 folder.close()
     except KeyboardInterrupt as stop:
@@ -68,17 +71,19 @@ def run_sweep(spec: SweepSpec, out: Path, options: ExecutionOptions) -> int:
     return 0
 
 
-def _run_cells(folder: SweepFolder, cells: list[Cell], executor: Executor, options: ExecutionOptions) -> None:
-    """Run the cells `folder` has not finished, recording each, with a progress bar over cells."""
+def _run_cells(folder: SweepFolder, cells: list[Cell], executor: Executor, options: ExecutionOptions,
+               seed_batch: int) -> None:
+    """Run the cells `folder` has not finished, `seed_batch` seeds of a cell at a time, recording
+    each, with a progress bar over cells."""
     pending = [cell for cell in cells if cell.id not in folder.finished]
     if not options.quiet:
         resumed = f", resuming: {len(cells) - len(pending)} finished" if len(pending) < len(cells) else ""
         print(f"sweep {folder.path}: {len(cells)} cells{resumed}; {options.executor} executor, "
-              f"{executor.workers} worker(s)", file=sys.stderr)
+              f"{executor.workers} worker(s), seeds {seed_batch} at a time", file=sys.stderr)
     failed = 0
     with tqdm(total=len(cells), initial=len(cells) - len(pending), unit="cell", desc="sweep", file=sys.stderr,
               disable=True if options.quiet else None, dynamic_ncols=True) as bar:
-        for cell, result, attempts in executor.run(pending, options.retries):
+        for cell, result, attempts in executor.run(seed_groups(pending, seed_batch), options.retries):
             folder.record(cell, result, attempts)
             failed += result.status != COMPLETE
             bar.set_postfix(failed=failed, refresh=False)

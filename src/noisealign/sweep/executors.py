@@ -1,9 +1,10 @@
-"""Where cells run. The local executor: one worker in this process, cell after cell.
+"""Where cells run. The local executor: one worker in this process, group after group.
 
 An executor is built with the spec (its workers load the model and rewards and check the
-sweep, raising NoiseAlignError before the driver writes anything), then `run(cells, retries)`
-yields (cell, result, attempts) as cells finish: a failed cell is run again up to `retries`
-times before it is handed over as failed. `close()` releases the workers. The Ray executor
+sweep, raising NoiseAlignError before the driver writes anything), then `run(groups, retries)`
+runs each group of cells (`cells.seed_groups`: cells that differ only in their seed, one seed
+batch; a group of one is a cell alone) and yields (cell, result, attempts) as cells finish: a
+failed cell is run again, alone, up to `retries` times before it is handed over as failed. `close()` releases the workers. The Ray executor
 (ray_executor.py) does the same on a Ray cluster.
 """
 
@@ -23,7 +24,8 @@ from .worker import CellResult, Worker
 class Executor(Protocol):
     workers: int
 
-    def run(self, cells: Iterable[Cell], retries: int) -> Iterator[tuple[Cell, CellResult, int]]: ...
+    def run(self, groups: Iterable[list[Cell]], retries: int) -> Iterator[tuple[Cell, CellResult, int]]:
+        """Run each group of cells (`cells.seed_groups`) as one seed batch; yield every cell as it ends."""
 
     def close(self) -> None: ...
 
@@ -46,16 +48,15 @@ class LocalExecutor:
             self.close()
             raise
 
-    def run(self, cells: Iterable[Cell], retries: int) -> Iterator[tuple[Cell, CellResult, int]]:
-        for cell in cells:
-            attempt = 1
-            while True:
-                stop_point()   # a stop asked for between cells ends the sweep here
-                result = self.worker.run(cell)
-                if not should_retry(result, attempt, retries):
-                    yield cell, result, attempt
-                    break
-                attempt += 1
+    def run(self, groups: Iterable[list[Cell]], retries: int) -> Iterator[tuple[Cell, CellResult, int]]:
+        for group in groups:
+            stop_point()   # a stop asked for between groups ends the sweep here
+            for cell, result in zip(group, self.worker.run_group(group)):
+                attempt = 1
+                while should_retry(result, attempt, retries):   # a failed cell runs again alone
+                    stop_point()
+                    result, attempt = self.worker.run(cell), attempt + 1
+                yield cell, result, attempt
 
     def close(self) -> None:
         """Give this process back its torch thread count (the worker set its own)."""

@@ -49,8 +49,10 @@ class _CellActor:
     def ready(self) -> str | None:
         return self.error
 
-    def run(self, cell: Cell) -> CellResult:
-        return self.worker.run(cell) if self.worker is not None else CellResult.lost(self.error)
+    def run_group(self, cells: list[Cell]) -> list[CellResult]:
+        if self.worker is None:
+            return [CellResult.lost(self.error) for _ in cells]
+        return self.worker.run_group(cells)
 
 
 class RayExecutor:
@@ -96,37 +98,38 @@ class RayExecutor:
         if problem:
             raise NoiseAlignError(problem)
 
-    def run(self, cells: Iterable[Cell], retries: int) -> Iterator[tuple[Cell, CellResult, int]]:
+    def run(self, groups: Iterable[list[Cell]], retries: int) -> Iterator[tuple[Cell, CellResult, int]]:
         ray = self._ray
-        queue = deque((cell, 1) for cell in cells)
+        queue = deque((group, 1) for group in groups)
         idle, running = list(self.actors), {}
         while queue or running:
             stop_point()
             while idle and queue:
-                cell, attempt = queue.popleft()
+                group, attempt = queue.popleft()
                 actor = idle.pop()
-                running[actor.run.remote(cell)] = (cell, attempt, actor)
+                running[actor.run_group.remote(group)] = (group, attempt, actor)
             done, _ = ray.wait(list(running), num_returns=1, timeout=POLL_SECONDS)
             for ref in done:
-                cell, attempt, actor = running.pop(ref)
-                result, actor = self._collect(ref, actor)
+                group, attempt, actor = running.pop(ref)
+                results, actor = self._collect(ref, actor, len(group))
                 idle.append(actor)
-                if should_retry(result, attempt, retries):
-                    queue.appendleft((cell, attempt + 1))
-                else:
-                    yield cell, result, attempt
+                for cell, result in zip(group, results):
+                    if should_retry(result, attempt, retries):
+                        queue.appendleft(([cell], attempt + 1))          # again, alone
+                    else:
+                        yield cell, result, attempt
 
-    def _collect(self, ref: Any, actor: Any) -> tuple[CellResult, Any]:
-        """The cell's result and the actor to use next: a fresh one if this one died."""
+    def _collect(self, ref: Any, actor: Any, cells: int) -> tuple[list[CellResult], Any]:
+        """The group's results and the actor to use next: a fresh one if this one died."""
         ray = self._ray
         try:
             return ray.get(ref), actor
         except ray.exceptions.RayActorError as error:
             replacement = self._actor.remote(self._spec, self._threads)
             self.actors[self.actors.index(actor)] = replacement
-            return CellResult.lost(f"its Ray worker died ({_reason(error)})"), replacement
+            return [CellResult.lost(f"its Ray worker died ({_reason(error)})")] * cells, replacement
         except ray.exceptions.RayError as error:
-            return CellResult.lost(f"Ray could not run it ({_reason(error)})"), actor
+            return [CellResult.lost(f"Ray could not run it ({_reason(error)})")] * cells, actor
 
     def close(self) -> None:
         """Stop the actors; shut the cluster down if this executor started it."""

@@ -6,6 +6,11 @@ content with the held-out rewards, scored outside the budget on the cell's final
 its baseline. Only the driver writes into the sweep folder, so a worker on another machine
 needs no shared disk. A cell that fails becomes a failed CellResult, never an exception: the
 sweep goes on. A stop (Ctrl-C, SIGTERM) is not caught: it ends the sweep.
+
+Cells that differ only in their seed can run as one seed batch (`run_group`, `--seed-batch`):
+each cell's run is the same, in a thread of its own, its network calls and reward queries
+batched with the others' (`lockstep`); its result is the one it gets alone, bit for bit where
+a batched call computes each row alike.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +28,11 @@ from torch import Tensor
 from ..align import COMPLETE, FAILED, RunFailed, evaluate
 from ..errors import NoiseAlignError
 from ..generate import PreparedRun, RunRequest, execute, prepare
+from ..lockstep import Lockstep, routed_problem, routed_reward
 from ..methods.base import Problem
 from ..models.registry import load_model
 from ..rewards.hub import first_line
-from ..rewards.registry import parse_reward
+from ..rewards.registry import parse_reward, reward_terms
 from .cells import Cell
 from .spec import SweepSpec
 
@@ -77,17 +84,36 @@ class Worker:
                              out=None if out is None else str(out), model_options=spec.model_options)
         return prepare(request, reward=self.rewards[cell.optimize], model=self.model)
 
-    def run(self, cell: Cell) -> CellResult:
-        """Run one cell into a scratch folder and hand back what it wrote."""
+    def run_group(self, cells: list[Cell]) -> list[CellResult]:
+        """Cells that differ only in their seed, as one seed batch: each cell's run in lockstep
+        with the others (`lockstep`), so that every network call and reward query, held-out
+        scoring included, carries all their rows. Each cell's result is the one `run` gives."""
+        if len(cells) == 1 or self._logs_into_run_folders(cells[0]):
+            return [self.run(cell) for cell in cells]
+        lockstep = Lockstep()
+        return lockstep.run([partial(self.run, cell, lockstep) for cell in cells])
+
+    def _logs_into_run_folders(self, cell: Cell) -> bool:
+        """Whether a reward of the cell writes into its run folder (the VLM judge's request log:
+        one folder at a time, so such cells run one after another)."""
+        rewards = [self.rewards[cell.optimize], *(self.rewards[name] for name in self.spec.evaluate)]
+        return any(hasattr(term, "attach_run_dir") for reward in rewards for term in reward_terms(reward))
+
+    def run(self, cell: Cell, lockstep: Lockstep | None = None) -> CellResult:
+        """Run one cell into a scratch folder and hand back what it wrote (its calls through
+        `lockstep` when it runs in a seed batch)."""
         scratch = Path(tempfile.mkdtemp(prefix="noisealign-cell-"))
         folder = scratch / cell.id
         record = evaluation = baseline_evaluation = None
         try:
             try:
-                report = execute(self._prepare(cell, folder))
+                prepared = self._prepare(cell, folder)
+                if lockstep is not None:
+                    prepared.problem = routed_problem(prepared.problem, lockstep)
+                report = execute(prepared)
                 record, seed = report.record, report.seeds[0]
-                evaluation = self._held_out(cell, seed.aligned.result.output)
-                baseline_evaluation = self._held_out(cell, seed.baseline.result.output)
+                evaluation = self._held_out(cell, seed.aligned.result.output, lockstep)
+                baseline_evaluation = self._held_out(cell, seed.baseline.result.output, lockstep)
                 status, error = COMPLETE, None
             except RunFailed as failure:
                 record = failure.report.record if failure.report is not None else None
@@ -102,9 +128,11 @@ class Worker:
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
 
-    def _held_out(self, cell: Cell, output: Tensor) -> dict[str, float]:
+    def _held_out(self, cell: Cell, output: Tensor, lockstep: Lockstep | None) -> dict[str, float]:
         """Every evaluation reward of `output`, scored outside the budget."""
-        return {reward: float(evaluate(Problem(self.model, self.rewards[reward], cell.prompt), output)[0])
+        def scorer(reward: str):
+            return self.rewards[reward] if lockstep is None else routed_reward(self.rewards[reward], lockstep)
+        return {reward: float(evaluate(Problem(self.model, scorer(reward), cell.prompt), output)[0])
                 for reward in self.spec.evaluate}
 
 
