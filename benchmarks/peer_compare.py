@@ -615,7 +615,8 @@ def compare(args: argparse.Namespace, folder: str) -> None:
             rows.append(report(f"{label}: mallopt", results, "default", "mallopt"))
     print(f"\n{args.what}: medians of {args.repeats} alternating runs, {args.threads} thread(s), "
           f"allocator {args.allocator if args.what != 'allocator' else 'as labelled'}; in each row A is the "
-          f"baseline arm (the official code, unless the row says 'against' another), B the row's arm")
+          f"baseline arm (the official code, or the arm a row says 'against'; glibc's defaults for the "
+          f"allocator), B the row's arm")
     print((DNO_HEADER if args.what == "dno" else HEADER).format("A / B (B / A)"))
     print("\n".join(rows))
 
