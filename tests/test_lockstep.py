@@ -212,3 +212,25 @@ def test_one_seed_that_runs_out_of_memory_fails_every_seed():
 
     with pytest.raises(torch.OutOfMemoryError):
         lockstep.run([lambda: lockstep.call("f", never, torch.zeros(1)) for _ in range(3)])
+
+
+def test_a_call_that_builds_a_graph_runs_in_its_seeds_thread_unbatched():
+    """Each seed back-propagates through its own graph: a call on an input that requires grad is
+    not stacked with the others' (dno, reno and guidance batch their seeds in run_batch)."""
+    lockstep, served = Lockstep(), []
+
+    def double(x: torch.Tensor) -> torch.Tensor:
+        served.append(len(x))
+        return 2 * x
+
+    def seed(value: float):
+        def run():
+            x = torch.full((1,), value, requires_grad=True)
+            lockstep.call("double", double, x).sum().backward()
+            with torch.no_grad():
+                lockstep.call("double", double, x)
+            return float(x.grad)
+        return run
+
+    assert lockstep.run([seed(1.0), seed(2.0)]) == [2.0, 2.0]
+    assert sorted(served) == [1, 1, 2]                     # the graph calls alone, the no-grad ones together

@@ -247,19 +247,25 @@ options = { K = 2, lookahead = "tweedie" }
 method = "best-of-n"
 budgets = [4]
 options = { steps = 6, batch-size = 2 }
+
+[[methods]]
+method = "dno"
+budgets = [3]
+options = { steps = 6, regularizer = "moments" }
 """
 
 
 def test_a_seed_batched_sweep_is_the_same_sweep_bit_for_bit_on_the_gmm(tmp_path, capsys):
-    """--seed-batch 2: each method's seeds 0, 1 as one batch in lockstep, then seed 2 alone;
-    every line, held-out rewards included, equals the sweep run one seed at a time."""
+    """--seed-batch 2: each method's seeds 0, 1 as one batch in lockstep, then seed 2 alone (dno,
+    which back-propagates, one seed at a time); every line, held-out rewards included, equals the
+    sweep run one seed at a time."""
     spec = tmp_path / "gmm.toml"
     spec.write_text(GMM)
     assert sweep(spec, "--out", tmp_path / "batched", "--seed-batch", "2") == 0
-    assert "6 cells; local executor, 1 worker(s), seeds 2 at a time" in capsys.readouterr().err
+    assert "9 cells; local executor, 1 worker(s), seeds 2 at a time" in capsys.readouterr().err
     assert sweep(spec, "--out", tmp_path / "alone", "--quiet") == 0
     batched, alone = lines_of(tmp_path / "batched"), lines_of(tmp_path / "alone")
-    assert without_timings(batched) == without_timings(alone) and len(batched) == 6
+    assert without_timings(batched) == without_timings(alone) and len(batched) == 9
     for line in batched:
         assert (tmp_path / "batched" / line["run_dir"] / "noise.pt").read_bytes() == \
             (tmp_path / "alone" / line["run_dir"] / "noise.pt").read_bytes()

@@ -14,7 +14,10 @@ only the work that fills a GPU moves:
 
 Seeds of one method and budget make the same sequence of calls, so each call carries every
 seed's rows: B seeds are B times the rows of one run, in as many calls. What is routed: the
-denoiser, the model's `decode` and `consistency_estimate`, and the reward. What each seed's
+denoiser, the model's `decode` and `consistency_estimate`, and the reward, except a call that
+builds an autograd graph (an input that requires grad): each seed back-propagates through its
+own graph, so such a call runs in the seed's thread, unbatched (the gradient methods batch
+their seeds themselves: `run_batch`). What each seed's
 thread still does itself: its method's bookkeeping, noise draws, counting (its ledger charges
 its own rows, as a run alone would), observing.
 
@@ -94,8 +97,8 @@ class Lockstep:
         """fn(x, *args), run batched with the other seeds' calls of the same `name` and `shared`
         values (what must be equal to share a call: a sigma); directly outside a seed's thread."""
         seat = self._seats.get(threading.get_ident())
-        if seat is None:
-            return fn(x, *args)
+        if seat is None or (torch.is_grad_enabled() and x.requires_grad):
+            return fn(x, *args)          # not a seed's, or building a graph: seeds back-propagate apart
         modes = (torch.is_inference_mode_enabled(), torch.is_grad_enabled())
         request = _Request((name, shared, tuple(x.shape[1:]), x.dtype, x.device, modes), fn, x, args,
                            concatenated_args, modes)

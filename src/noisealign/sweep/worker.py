@@ -30,6 +30,7 @@ from ..errors import NoiseAlignError
 from ..generate import PreparedRun, RunRequest, execute, prepare
 from ..lockstep import Lockstep, routed_problem, routed_reward
 from ..methods.base import Problem
+from ..methods.registry import METHODS
 from ..models.registry import load_model
 from ..rewards.hub import first_line
 from ..rewards.registry import parse_reward, reward_terms
@@ -88,10 +89,15 @@ class Worker:
         """Cells that differ only in their seed, as one seed batch: each cell's run in lockstep
         with the others (`lockstep`), so that every network call and reward query, held-out
         scoring included, carries all their rows. Each cell's result is the one `run` gives."""
-        if len(cells) == 1 or self._logs_into_run_folders(cells[0]):
+        if len(cells) == 1 or self._logs_into_run_folders(cells[0]) or self._differentiates(cells[0]):
             return [self.run(cell) for cell in cells]
         lockstep = Lockstep()
         return lockstep.run([partial(self.run, cell, lockstep) for cell in cells])
+
+    def _differentiates(self, cell: Cell) -> bool:
+        """Whether the cell's method back-propagates through the model (dno, reno, guidance: their
+        seeds batch in `run_batch`, not in lockstep, where each call with a graph runs alone)."""
+        return hasattr(METHODS[cell.method].method, "run_batch")
 
     def _logs_into_run_folders(self, cell: Cell) -> bool:
         """Whether a reward of the cell writes into its run folder (the VLM judge's request log:
