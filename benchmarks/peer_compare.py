@@ -331,6 +331,8 @@ class Phases:
         backward = torch.autograd.backward
 
         def timed_backward(*args, **kwargs):
+            if self.in_backward:        # a reentrant checkpoint's backward inside the outer one
+                return backward(*args, **kwargs)
             self.in_backward, start = True, time.perf_counter()
             try:
                 return backward(*args, **kwargs)

@@ -169,6 +169,19 @@ def test_checkpointed_and_plain_backprop_agree_and_recomputation_counts_as_nfe()
     assert ledgers[False].nfe == steps and ledgers[True].nfe == 2 * steps
 
 
+def test_a_checkpointed_step_records_no_graph_in_the_forward_and_one_in_the_recomputation():
+    """Reentrant checkpointing: the forward runs with autograd off (no graph, no saved-tensor hooks),
+    the backward pass recomputes each step with it on."""
+    class Recording(TinyConv):
+        def denoise(self, x, sigma, cond):
+            modes.append(torch.is_grad_enabled())
+            return super().denoise(x, sigma, cond)
+
+    modes, steps = [], 4
+    _variables_and_loss(Recording(), steps, checkpointing=True)
+    assert modes == [False] * steps + [True] * steps
+
+
 def _pass(plan, steps=6):
     """(gradient, NFE) of one pass of TinyConv's sampler under `plan`."""
     ledger = Ledger()

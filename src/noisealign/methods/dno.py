@@ -53,7 +53,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import Tensor
 
-from ..engine import ancestral_sigmas, sample_ancestral
+from ..engine import ancestral_sigmas, ancestral_step
 from ..engine.noise import randn, sample_generator
 from ..errors import NoiseAlignError
 from ..models.base import DiffusionModel
@@ -156,17 +156,22 @@ def unstack_variables(variables: Tensor, z: Tensor, active: list[int]) -> tuple[
 
 def generate(denoiser: Callable[[Tensor, float], Tensor], model: DiffusionModel, sigmas: Tensor, eta: float,
              z_T: Tensor, noises: list[Tensor], checkpointing: bool | CheckpointPlan = False) -> tuple[Tensor, Tensor]:
-    """(sample, decode(sample)) of DDIM-eta from x_T = prior_std(sigma_0) z_T with per-step `noises`.
+    """(sample, decode(sample)) of DDIM-eta from x_T = prior_std(sigma_0) z_T with per-step `noises`
+    (`engine.sample_ancestral`, written out so that each step is one unit to checkpoint).
 
-    With gradients enabled, the denoiser calls and the decode that `checkpointing` (a plan, or
+    With gradients enabled, the sampler steps and the decode that `checkpointing` (a plan, or
     True / False: all / none) checkpoints keep only their inputs and are recomputed in the
     backward pass: memory grows by one state per such step instead of one network's activations.
     """
+    def step(x: Tensor, sigma: float, sigma_next: float, noise: Tensor) -> Tensor:
+        return ancestral_step(x, sigma, sigma_next, denoiser(x, sigma), noise, eta)
+
     plan = checkpointing if isinstance(checkpointing, CheckpointPlan) else CheckpointPlan(checkpointing)
-    denoiser, decode = plan.wrap(denoiser, model.decode, len(sigmas) - 1)
+    step, decode = plan.wrap(step, model.decode, len(sigmas) - 1)
     x = model.prior_std(float(sigmas[0])) * z_T
-    sample = sample_ancestral(denoiser, x, sigmas, noises, eta)
-    return sample, decode(sample)
+    for i in range(len(sigmas) - 1):
+        x = step(x, float(sigmas[i]), float(sigmas[i + 1]), noises[i])
+    return x, decode(x)
 
 
 def make_optimizer(variables: Tensor | list[Tensor], lr: float) -> torch.optim.Adam:

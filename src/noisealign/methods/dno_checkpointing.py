@@ -6,6 +6,15 @@ for its activations traded for one more forward evaluation. The values and gradi
 same either way (the RNG state is restored for the recomputation), so the setting moves only
 time and memory.
 
+A plan checkpoints the reentrant way (`torch.utils.checkpoint`'s use_reentrant=True): the
+forward runs with autograd off, so it records no graph, and the backward pass recomputes the
+call with autograd on and back-propagates through it. The non-reentrant way (the official DNO
+code's, and `checkpointed`'s default) records the graph in the forward and drops its saved
+tensors through a Python hook per tensor, and recovers them through another: on the tiny SD
+pipeline a DNO iteration of 20 steps took 1.09 s that way and 0.80 s reentrant, at a lower
+peak (docs/performance.md). Reentrant checkpointing supports only `.backward()`, which DNO and
+ReNO call; guidance takes `torch.autograd.grad` and keeps the non-reentrant way.
+
 - all:  every call and the decode (memory flat in the number of steps; 2 x steps NFE).
 - none: no call (every step's activations kept; steps NFE, the fastest).
 - auto: the first call of the first gradient pass runs plain while a saved-tensor hook adds
@@ -40,12 +49,14 @@ def setting_of(value: bool | str) -> str:
     return value
 
 
-def checkpointed(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
+def checkpointed(fn: Callable[..., Tensor], reentrant: bool = False) -> Callable[..., Tensor]:
     """fn recomputed in the backward pass. The RNG state is saved and restored around the
     recomputation (checkpoint's default), so a denoiser or decoder that draws random numbers is
-    recomputed exactly; on CPU that costs about 1 us per call (`benchmarks/dno.py overhead`)."""
+    recomputed exactly; on CPU that costs about 1 us per call (`benchmarks/dno.py overhead`).
+    reentrant: record no graph in the forward (faster; only `.backward()` reaches the inputs'
+    gradients, not `torch.autograd.grad`, and some input must require grad)."""
     def call(*args: Any) -> Tensor:
-        return checkpoint(fn, *args, use_reentrant=False)
+        return checkpoint(fn, *args, use_reentrant=reentrant)
     return call
 
 
@@ -71,29 +82,35 @@ class CheckpointPlan:
             return steps
         return int(self.budget_bytes // self.step_bytes)
 
-    def wrap(self, denoiser: Callable[[Tensor, float], Tensor], decode: Callable[[Tensor], Tensor],
-             steps: int) -> tuple[Callable[[Tensor, float], Tensor], Callable[[Tensor], Tensor]]:
-        """(denoiser, decode) for one pass of `steps` calls; unchanged when no graph is built."""
+    def wrap(self, step: Callable[..., Tensor], decode: Callable[[Tensor], Tensor],
+             steps: int) -> tuple[Callable[..., Tensor], Callable[[Tensor], Tensor]]:
+        """(step, decode) for one pass of `steps` sampler steps; unchanged when no graph is built.
+
+        step(x, *args) -> x_next is a whole sampler step, not just its denoiser call: x's every
+        use then lies inside the checkpoint, so the recomputed backward sums x's gradient in the
+        order the plain backward does, and all settings give the same bits."""
         if not torch.is_grad_enabled():
-            return denoiser, decode
+            return step, decode
         self.steps = steps
         if self.setting != "auto":
-            return (denoiser, decode) if self.setting == "none" else (checkpointed(denoiser), checkpointed(decode))
+            if self.setting == "none":
+                return step, decode
+            return checkpointed(step, reentrant=True), checkpointed(decode, reentrant=True)
         calls = iter(range(steps + 1))
-        recomputed = checkpointed(denoiser)
+        recomputed = checkpointed(step, reentrant=True)
 
-        def step(x: Tensor, sigma: float) -> Tensor:
+        def planned(x: Tensor, *args: Any) -> Tensor:
             if self.step_bytes is None:
-                output, self.step_bytes = saved_bytes(denoiser, x, sigma)
+                output, self.step_bytes = saved_bytes(step, x, *args)
                 self.budget_bytes = budget_bytes(self.budget_gb, x.device)
                 next(calls)
                 return output
-            return (denoiser if next(calls) < self.kept_steps(steps) else recomputed)(x, sigma)
+            return (step if next(calls) < self.kept_steps(steps) else recomputed)(x, *args)
 
         def final(x0: Tensor) -> Tensor:
-            return (decode if self.kept_steps(steps) == steps else checkpointed(decode))(x0)
+            return (decode if self.kept_steps(steps) == steps else checkpointed(decode, reentrant=True))(x0)
 
-        return step, final
+        return planned, final
 
     def report(self, seeds: int = 1) -> dict[str, Any]:
         """What result.json records once a gradient pass ran: the denoiser calls checkpointed per
