@@ -14,15 +14,20 @@ import pytest
 import torch
 
 from noisealign import cli, generate
-from noisealign.batch import seed_batch_size, seed_chunks
+from noisealign.align import COMPLETE, FAILED, RunFailed, align
+from noisealign.batch import align_batch, seed_batch_size, seed_chunks
+from noisealign.errors import NoiseAlignError
 from noisealign.generate import RunRequest, execute, prepare
+from noisealign.methods.base import Problem
 from noisealign.methods.best_of_n import BestOfNConfig
 from noisealign.methods.demon import DemonConfig
-from noisealign.methods.dno import DnoConfig
+from noisealign.methods.dno import Dno, DnoConfig
 from noisealign.methods.fk import FkConfig
-from noisealign.methods.guidance import GuidanceConfig
+from noisealign.methods.guidance import Guidance, GuidanceConfig
 from noisealign.methods.plain import PlainConfig
-from noisealign.methods.reno import RenoConfig
+from noisealign.methods.reno import Reno, RenoConfig
+from noisealign.models.gmm import GaussianMixture
+from noisealign.rewards.simple import Linear
 from test_run_contract import ENV, ROOT, noisealign, strict_json
 
 SMALL = {  # (config, budget): a few iterations or steps on the 2-D mixture
@@ -128,3 +133,79 @@ def test_a_sigterm_during_a_batched_grid_keeps_the_seeds_that_finished(tmp_path,
     again = noisealign("regenerate", str(out))
     assert again.returncode == 0 and "identical" in again.stdout, again.stdout + again.stderr
     assert json.loads((out / "result.json").read_text())["config"]["seed_batch"] == 2
+
+
+# ---- a batch-path run that runs out of memory -------------------------------------------------
+
+BATCH_PATH = {  # dno, guidance and reno run their seeds as the rows of one batch (`run_batch`)
+    "dno": (Dno, DnoConfig(steps=6, iterations=2), 3),
+    "guidance": (Guidance, GuidanceConfig(steps=6, recurrence=1, scale=2.0), 6),
+    "reno": (Reno, RenoConfig(steps=3, iterations=2), 3),
+}
+
+
+class FailingReward:
+    """Linear, raising NoiseAlignError from its `fail_at`-th call on (None: never)."""
+
+    name, differentiable = "linear", True
+
+    def __init__(self, fail_at: int | None = None):
+        self.linear, self.calls, self.fail_at = Linear(torch.linspace(-1, 1, 8)), 0, fail_at
+
+    def __call__(self, outputs, prompts):
+        self.calls += 1
+        if self.fail_at is not None and self.calls >= self.fail_at:
+            raise NoiseAlignError("the reward failed (simulated)")
+        return self.linear(outputs, prompts)
+
+
+def bounded_problem(reward, rows: int = 2, after_calls: int = 0) -> tuple[Problem, list[int]]:
+    """The 8-D mixture whose denoiser raises CUDA's out-of-memory error for more than `rows` rows
+    at a time, from its `after_calls`-th call on; and the row counts it was asked for."""
+    model, asked = GaussianMixture.spread(8), []
+    denoise = model.denoise
+
+    def bounded(x, sigma, cond):
+        asked.append(len(x))
+        if len(x) > rows and len(asked) > after_calls:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return denoise(x, sigma, cond)
+
+    model.denoise = bounded
+    return Problem(model, reward), asked
+
+
+@pytest.mark.parametrize("name", list(BATCH_PATH))
+def test_a_batch_that_runs_out_of_memory_runs_again_in_halves_and_equals_its_seeds_alone(name, capsys):
+    make, config, budget = BATCH_PATH[name]
+    seeds = [3, 4, 5, 6, 7]
+    shared, asked = bounded_problem(FailingReward())
+    batched = align_batch(shared, make(config), seeds, budget)              # 5 -> 3 + 2 -> (2 + 1) + 2
+    assert max(asked) == 5 and {n for n in asked[1:] if n > 2} == {3}
+    assert "out of memory with 5 seeds in one batch: running 3 and 2 at a time" in capsys.readouterr().err
+    for seed, outcome in zip(seeds, batched, strict=True):
+        alone = align(Problem(GaussianMixture.spread(8), FailingReward()), make(config), seed, budget)
+        assert torch.equal(outcome.result.output, alone.result.output), seed
+        assert (outcome.ledger.reward_queries, outcome.ledger.nfe, outcome.final_reward) == \
+            (alone.ledger.reward_queries, alone.ledger.nfe, alone.final_reward)
+
+
+def test_a_batch_that_runs_out_of_memory_after_its_seeds_observed_a_step_fails_as_it_is():
+    """Its observers (a trace) already saw steps: running again would write them twice."""
+    make, config, budget = BATCH_PATH["guidance"]
+    shared, asked = bounded_problem(FailingReward(), after_calls=3)
+    seen = []
+    with pytest.raises(torch.OutOfMemoryError):
+        align_batch(shared, make(config), [3, 4, 5], budget, [seen.append, None, None])
+    assert seen and asked == [3, 3, 3, 3]
+
+
+def test_a_failure_in_a_later_half_keeps_the_earlier_halfs_outcomes():
+    make, config, budget = BATCH_PATH["dno"]
+    first_half = FailingReward()
+    align_batch(Problem(GaussianMixture.spread(8), first_half), make(config), [3, 4], budget)
+    shared, _ = bounded_problem(FailingReward(fail_at=first_half.calls + 1))  # the second half's first query
+    with pytest.raises(RunFailed) as stop:
+        align_batch(shared, make(config), [3, 4, 5, 6], budget)
+    statuses = [outcome.status for outcome in stop.value.outcomes]
+    assert statuses == [COMPLETE, COMPLETE, FAILED, FAILED] and stop.value.outcome.status == COMPLETE

@@ -8,17 +8,24 @@ observer, and gets the Outcome `align` would give it; `seconds` is the batch's w
 shared. The outcomes equal those of `align` seed by seed, bit for bit, where the model's and
 the reward's kernels compute each row alike whatever the batch size (the gmm; on CPU,
 convolutions such as the digits model's may differ in the last bits).
+
+Memory: a batch-path run that runs out of accelerator memory before any seed has observed a
+step runs again as two halves, each on fresh contexts, down to one seed (whose failure is the
+run's); lockstep halves the seeds of the call that failed (`Lockstep.serve`). Either way the
+default of all seeds at once on a GPU cannot fail where one seed at a time fits. A batch-path
+run that fails after its observers saw a step (a trace already written) fails as it is.
 """
 
 from __future__ import annotations
 
+import sys
 import threading
 from functools import partial
 from typing import Sequence
 
 import torch
 
-from .align import Outcome, run_contexts
+from .align import Outcome, RunFailed, RunInterrupted, run_contexts
 from .budget import Ledger
 from .lockstep import Lockstep, routed_problem, serialized
 from .methods.base import Method, Observer, Problem, RunContext
@@ -36,15 +43,52 @@ def align_batch(problem: Problem, method: Method, seeds: Sequence[int], budget: 
     if len(observers) != len(seeds):
         raise ValueError(f"{len(seeds)} seeds but {len(observers)} observers")
     if hasattr(method, "run_batch"):
-        contexts = [RunContext(problem, seed, Ledger(query_limit=budget), observer)
-                    for seed, observer in zip(seeds, observers)]
-        return run_contexts(problem, contexts, lambda: method.run_batch(contexts))
+        return _run_batch(problem, method, list(seeds), budget, observers)
     lockstep, lock = Lockstep(), threading.Lock()
     seen_by_seeds = routed_problem(problem, lockstep)
     contexts = [RunContext(seen_by_seeds, seed, Ledger(query_limit=budget), serialized(observer, lock))
                 for seed, observer in zip(seeds, observers)]
     return run_contexts(problem, contexts,
                         lambda: lockstep.run([partial(method.run, context) for context in contexts]))
+
+
+def _run_batch(problem: Problem, method: Method, seeds: list[int], budget: int | None,
+               observers: list[Observer | None]) -> list[Outcome]:
+    """The seeds through `method.run_batch`, in halves while a batch runs out of accelerator memory
+    before any of its seeds observed a step (module docstring)."""
+    watched = [_Watched(observer) for observer in observers]
+    contexts = [RunContext(problem, seed, Ledger(query_limit=budget), watch)
+                for seed, watch in zip(seeds, watched)]
+    try:
+        return run_contexts(problem, contexts, lambda: method.run_batch(contexts))
+    except torch.OutOfMemoryError:
+        if len(seeds) == 1 or any(watch.seen for watch in watched):
+            raise
+    # out of the except block, so that the failed batch's tensors are no longer referenced
+    half = (len(seeds) + 1) // 2
+    print(f"out of memory with {len(seeds)} seeds in one batch: running {half} and {len(seeds) - half} "
+          "at a time", file=sys.stderr)
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    first = _run_batch(problem, method, seeds[:half], budget, observers[:half])
+    try:
+        return first + _run_batch(problem, method, seeds[half:], budget, observers[half:])
+    except (RunInterrupted, RunFailed) as stop:
+        stop.outcomes = first + stop.outcomes
+        stop.outcome = stop.outcomes[0]
+        raise
+
+
+class _Watched:
+    """An observer that remembers whether it was called (None: observes nothing, still remembers)."""
+
+    def __init__(self, observer: Observer | None):
+        self.observer, self.seen = observer, False
+
+    def __call__(self, event) -> None:
+        self.seen = True
+        if self.observer is not None:
+            self.observer(event)
 
 
 def seed_batch_size(requested: int | None, seeds: int, device: torch.device | str) -> int:

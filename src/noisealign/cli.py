@@ -89,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
                                "one batch; the other methods in lockstep, each network call and reward query "
                                "carrying all K seeds' rows). Default: all on a GPU; 1 on CPU, where a batch is "
                                "faster but a grid cell may then differ in the last bits from its seed run alone; "
-                               "lower K if a GPU runs out of memory")
+                               "a batch that runs out of GPU memory is halved")
     generate.add_argument("--out", default=None, help="run folder (default: a new folder under runs/); never overwritten")
     _add_model_arguments(generate.add_argument_group("model loading options (each model takes some; "
                                                       "one it does not take is an error)"))
