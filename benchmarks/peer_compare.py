@@ -20,7 +20,8 @@ CFG 5, gamma 0 (the official default: no regularizer), lr 0.01; the official cod
 every UNet call ("official"), and runs again with its checkpoint.checkpoint call replaced by a
 direct call ("official-nockpt", a monkeypatch in the shim); ours runs with checkpointing all
 and none, eagerly and with --compile trace (the UNet call replayed by torch.jit.trace: "-trace"
-arms; Demon's "ours-unipc15-trace" likewise). A traced UNet skips its module's forward hooks, so
+arms; Demon's "ours-unipc15-trace" likewise), and with auto at each `--budgets-mb` (the steps
+a budget keeps: floor(budget / the bytes one step keeps); 6.4 MB a step on this pipeline). A traced UNet skips its module's forward hooks, so
 its calls are counted at the model's network call instead;
 seconds, UNet calls and faults per iteration are (run of 3 iterations - run of 1) / 2 on both sides,
 after a warm-up run (the first checkpointed call of a process imports torch._dynamo).
@@ -170,9 +171,10 @@ def official_demon(folder: str, official: str) -> tuple:
     return run, UNetMeter()
 
 
-def ours_dno(folder: str, steps: int, checkpointing: str = "all", compile: str = "off") -> tuple:
-    """noisealign's DNO (grad; checkpointing "all" or "none"; compile "off" or "trace"); run(iterations)
-    returns the best reward."""
+def ours_dno(folder: str, steps: int, checkpointing: str = "all", compile: str = "off",
+             memory_budget: float | None = None) -> tuple:
+    """noisealign's DNO (grad; checkpointing "all", "none" or "auto" with `memory_budget` GB; compile
+    "off" or "trace"); run(iterations) returns the best reward."""
     import dataclasses
 
     from noisealign.budget import Ledger
@@ -191,8 +193,9 @@ def ours_dno(folder: str, steps: int, checkpointing: str = "all", compile: str =
         checkpointing = checkpointing == "all"
 
     def run(iterations: int) -> float:
+        budget = {} if memory_budget is None else {"memory_budget": memory_budget}
         config = DnoConfig(mode="grad", steps=steps, eta=1.0, gamma=0.0, lr=0.01, iterations=iterations,
-                           checkpointing=checkpointing)
+                           checkpointing=checkpointing, **budget)
         return Dno(config).run(RunContext(problem, seed=0, ledger=Ledger())).reward
 
     return run, meter
@@ -272,7 +275,8 @@ def worker(spec: dict) -> dict:
     if spec["method"] == "digits-demon":
         return measure(*ours_digits_demon())
     steps = spec["steps"]
-    run, meter = (ours_dno(folder, steps, spec.get("checkpointing", "all"), spec.get("compile", "off"))
+    run, meter = (ours_dno(folder, steps, spec.get("checkpointing", "all"), spec.get("compile", "off"),
+                           spec.get("memory_budget"))
                   if side == "ours" else official_dno(folder, spec["official"], steps, spec.get("checkpointing", True)))
     loaded = _resident_mb()                 # the pipeline loaded, no iteration run yet
     run(1)                                  # warm-up: the first checkpointed call imports torch._dynamo
@@ -551,6 +555,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1, help="torch / OpenMP threads of every run")
     parser.add_argument("--steps", type=int, nargs="+", default=[10, 20, 50], help="DNO sampler steps")
+    parser.add_argument("--budgets-mb", type=float, nargs="*", default=[],
+                        help="DNO: also ours with --checkpointing auto --memory-budget B MB for each B (the "
+                             "time / memory curve between all and none)")
     parser.add_argument("--allocator", choices=["pinned", "default"], default="pinned",
                         help="glibc's malloc thresholds for both sides (demon, dno)")
     args = parser.parse_args(argv)
@@ -593,7 +600,10 @@ def compare(args: argparse.Namespace, folder: str) -> None:
                     "official-nockpt": ({**dno, "side": "official", "checkpointing": False}, environ),
                     **{f"ours-{mode}{suffix}": ({**dno, "side": "ours", "checkpointing": mode, "compile": compile},
                                                 environ)
-                       for mode in ("all", "none") for suffix, compile in (("", "off"), ("-trace", "trace"))}}
+                       for mode in ("all", "none") for suffix, compile in (("", "off"), ("-trace", "trace"))},
+                    **{f"ours-auto-{budget:g}MB": ({**dno, "side": "ours", "checkpointing": "auto",
+                                                    "memory_budget": budget / 1000}, environ)
+                       for budget in args.budgets_mb}}
             results = alternate(arms, args.repeats)
             label = f"DNO {steps} steps, per iteration"
             rows.append(report(f"{label}, official without checkpointing", results, "official", "official-nockpt"))
@@ -601,6 +611,9 @@ def compare(args: argparse.Namespace, folder: str) -> None:
                 for suffix, compiled in (("", ""), ("-trace", ", compile trace")):
                     rows.append(report(f"{label}, ours checkpointing {mode}{compiled}", results,
                                        "official", f"ours-{mode}{suffix}"))
+            for budget in args.budgets_mb:
+                rows.append(report(f"{label}, ours checkpointing auto, --memory-budget {budget / 1000:g}", results,
+                                   "official", f"ours-auto-{budget:g}MB"))
             for suffix, compiled in (("", ""), ("-trace", ", compile trace")):
                 rows.append(report(f"{label}, ours checkpointing none{compiled} against official-nockpt", results,
                                    "official-nockpt", f"ours-none{suffix}"))
