@@ -64,7 +64,7 @@ def _run_batch(problem: Problem, method: Method, seeds: list[int], budget: int |
     except torch.OutOfMemoryError:
         if len(seeds) == 1 or any(watch.seen for watch in watched):
             raise
-    # out of the except block, so that the failed batch's tensors are no longer referenced
+    del contexts, watched       # out of the except block: nothing references the failed batch's tensors
     half = (len(seeds) + 1) // 2
     print(f"out of memory with {len(seeds)} seeds in one batch: running {half} and {len(seeds) - half} "
           "at a time", file=sys.stderr)
