@@ -255,14 +255,21 @@ options = { steps = 6, regularizer = "moments" }
 """
 
 
-def test_a_seed_batched_sweep_is_the_same_sweep_bit_for_bit_on_the_gmm(tmp_path, capsys):
-    """--seed-batch 2: each method's seeds 0, 1 as one batch in lockstep, then seed 2 alone (dno,
-    which back-propagates, one seed at a time); every line, held-out rewards included, equals the
-    sweep run one seed at a time."""
+def test_a_seed_batched_sweep_is_the_same_sweep_bit_for_bit_on_the_gmm(tmp_path, capsys, monkeypatch):
+    """--seed-batch 2: each method's seeds 0, 1 as one batch in lockstep, then seed 2 alone (dno's
+    two cells meet at one `align_batch` of both seeds); every line, held-out rewards included,
+    equals the sweep run one seed at a time."""
+    from noisealign.sweep import worker as worker_module
+
+    batches = []
+    align_batch = worker_module.align_batch
+    monkeypatch.setattr(worker_module, "align_batch", lambda problem, method, seeds, *rest: batches.append(
+        (method.name, list(seeds))) or align_batch(problem, method, seeds, *rest))
     spec = tmp_path / "gmm.toml"
     spec.write_text(GMM)
     assert sweep(spec, "--out", tmp_path / "batched", "--seed-batch", "2") == 0
     assert "9 cells; local executor, 1 worker(s), seeds 2 at a time" in capsys.readouterr().err
+    assert batches == [("dno", [0, 1])]
     assert sweep(spec, "--out", tmp_path / "alone", "--quiet") == 0
     batched, alone = lines_of(tmp_path / "batched"), lines_of(tmp_path / "alone")
     assert without_timings(batched) == without_timings(alone) and len(batched) == 9
@@ -298,6 +305,34 @@ def test_cells_whose_reward_logs_into_the_run_folder_run_one_after_another(tmp_p
     assert [r.status for r in worker.run_group(cells)] == ["complete", "complete"]
 
 
+def test_a_reward_failing_in_a_gradient_seed_batch_fails_each_cell_with_its_own_record(tmp_path):
+    """dno's cells meet at one align_batch; a reward that fails there fails both cells, each keeping
+    its own seed's record and best sample so far."""
+    from noisealign.sweep import worker as worker_module
+
+    spec = tmp_path / "gmm.toml"
+    spec.write_text(GMM)
+    worker = worker_module.Worker(load_spec(spec), threads=1)
+    cells = [cell for cell in cells_of(worker.spec) if cell.method == "dno"][:2]
+    reward = worker.rewards["coordinate:0"]
+
+    class FailsAtThirdCall:                        # the baselines' call, DNO's iterate 0, then down
+        name, differentiable, calls = reward.name, True, 0
+
+        def __call__(self, outputs, prompts):
+            self.calls += 1
+            if self.calls == 3:
+                raise RuntimeError("the reward server is down")
+            return reward(outputs, prompts)
+
+    worker.rewards["coordinate:0"] = FailsAtThirdCall()
+    results = worker.run_group(cells)
+    assert [r.status for r in results] == ["failed", "failed"]
+    assert [r.record["seed"] for r in results] == [cell.seed for cell in cells] == [0, 1]
+    assert all("the reward server is down" in r.error and r.record["status"] == "failed" for r in results)
+    assert all("noise.pt" in r.files for r in results)           # each kept its best iterate so far
+
+
 def test_a_signal_during_a_seed_batch_keeps_the_batches_that_finished(tmp_path, monkeypatch, capsys):
     """Seeds 0, 1 as one batch, then seed 2: SIGTERM inside the second batch keeps the first two
     cells; the resumed sweep runs the third and equals a sweep run one seed at a time."""
@@ -324,6 +359,57 @@ def test_a_signal_during_a_seed_batch_keeps_the_batches_that_finished(tmp_path, 
     assert sweep(spec, "--out", out, "--quiet", "--seed-batch", "2") == 0
     assert sweep(spec, "--out", tmp_path / "alone", "--quiet") == 0
     # the digits model's batched convolutions may round differently: the same runs, rewards to float rounding
+    counts = lambda lines: {line["cell"]: (line["status"], line["reward_queries"], line["nfe"]) for line in lines}  # noqa: E731
+    resumed, alone = lines_of(out), lines_of(tmp_path / "alone")
+    assert counts(resumed) == counts(alone) and len(resumed) == 3
+    for a, b in zip(sorted(resumed, key=lambda line: line["cell"]), sorted(alone, key=lambda line: line["cell"])):
+        assert a["final_reward"] == pytest.approx(b["final_reward"], abs=1e-4)
+
+
+DNO_DIGITS = """
+seeds = [0, 1, 2]
+optimize = ["python:misbehaving_rewards.slow_after_marker"]
+evaluate = ["brightness"]
+
+[model]
+name = "digits"
+
+[prompts]
+list = [""]
+
+[[methods]]
+method = "dno"
+budgets = [3]
+options = {{ steps = 4 }}
+"""
+
+
+def test_a_signal_during_a_gradient_seed_batch_stops_the_sweep_and_resume_finishes_it(tmp_path, monkeypatch):
+    """dno's cells of seeds 0 and 1 meet at one align_batch on the main thread: SIGTERM in the middle
+    of it stops the sweep with no cell of the batch recorded; the resumed sweep runs all three and
+    makes the calls of a sweep run one seed at a time."""
+    spec, out, marker = tmp_path / "dno.toml", tmp_path / "out", tmp_path / "marker"
+    spec.write_text(DNO_DIGITS.format())
+    # the batch's calls of the reward: its baselines (one call), then DNO's iterates 0, 1, 2: the marker at iterate 1
+    env = {**ENV, "NOISEALIGN_TEST_MARKER": str(marker), "NOISEALIGN_TEST_AFTER": "3", "NOISEALIGN_TEST_SLEEP": "0.3"}
+    process = subprocess.Popen([sys.executable, "-m", "noisealign", "sweep", str(spec), "--out", str(out), "--quiet",
+                                "--seed-batch", "2"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not marker.exists():
+        assert process.poll() is None, process.communicate()[1]
+        assert time.monotonic() < deadline, "the reward was never called"
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 143, err
+    assert err.strip().splitlines() == [f"stopped (SIGTERM): 0 of 3 cells finished in {out}; "
+                                        "rerun the same command to resume"], err
+    assert not (out / "results.jsonl").exists() or lines_of(out) == []
+    monkeypatch.setenv("NOISEALIGN_TEST_AFTER", "1000000")
+    monkeypatch.setenv("NOISEALIGN_TEST_MARKER", str(marker))
+    assert sweep(spec, "--out", out, "--quiet", "--seed-batch", "2") == 0
+    assert sweep(spec, "--out", tmp_path / "alone", "--quiet") == 0
     counts = lambda lines: {line["cell"]: (line["status"], line["reward_queries"], line["nfe"]) for line in lines}  # noqa: E731
     resumed, alone = lines_of(out), lines_of(tmp_path / "alone")
     assert counts(resumed) == counts(alone) and len(resumed) == 3

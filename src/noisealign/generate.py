@@ -103,6 +103,9 @@ class PreparedRun:
     request: RunRequest
     problem: Problem
     method: Method
+    aligner: Callable[["PreparedRun", list[int], list[Observer]], list[Outcome]] | None = None
+    """How the method runs on the seeds (default: `align` for one, `align_batch` for several); a
+    sweep's seed batch sets it to share one `align_batch` among its cells (sweep.worker)."""
 
     @property
     def config(self) -> dict[str, Any]:
@@ -216,6 +219,8 @@ def execute(run: PreparedRun, progress: ProgressFactory | None = None) -> RunRep
 
 def _align(run: PreparedRun, seeds: list[int], observers: list[Observer]) -> list[Outcome]:
     """The method's outcome for each seed: `align` for one, `align_batch` for several."""
+    if run.aligner is not None:
+        return run.aligner(run, seeds, observers)
     if len(seeds) == 1:
         return [align(run.problem, run.method, seeds[0], run.request.budget, observers[0])]
     return align_batch(run.problem, run.method, seeds, run.request.budget, observers)

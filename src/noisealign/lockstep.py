@@ -19,7 +19,9 @@ builds an autograd graph (an input that requires grad): each seed back-propagate
 own graph, so such a call runs in the seed's thread, unbatched (the gradient methods batch
 their seeds themselves: `run_batch`). What each seed's
 thread still does itself: its method's bookkeeping, noise draws, counting (its ledger charges
-its own rows, as a run alone would), observing.
+its own rows, as a run alone would), observing. Work that batches itself can meet here too:
+`gather` hands the main thread every seed's item for one call (a sweep's gradient cells: one
+`align_batch` of their seeds).
 
 Exactness: a seed's rows see the same functions on the same inputs as in a run alone; the
 results are equal bit for bit wherever the kernels compute a row alike at every batch size
@@ -68,10 +70,11 @@ class _Request:
 
     key: tuple
     fn: Callable[..., Any]
-    x: Tensor
+    x: Tensor | None                            # None: a gathering (`Lockstep.gather`), `item` its part
     args: tuple
     concatenated_args: bool                     # the reward's prompts: one list per request, joined
     modes: tuple[bool, bool]
+    item: Any = None
     result: Any = None
     error: BaseException | None = None
     done: bool = False
@@ -102,6 +105,25 @@ class Lockstep:
         modes = (torch.is_inference_mode_enabled(), torch.is_grad_enabled())
         request = _Request((name, shared, tuple(x.shape[1:]), x.dtype, x.device, modes), fn, x, args,
                            concatenated_args, modes)
+        return self._wait(seat, request)
+
+    def gather(self, name: str, item: Any, serve: Callable[[list[Any]], list[Any]]) -> Any:
+        """serve(items), run once on the main thread for the items the seeds hand in under `name`
+        (in seed order); each seed gets its own entry of the result, raised if it is an exception.
+        Outside a seed's thread: serve([item])[0]. For work that batches itself (a sweep's
+        gradient cells: one `align_batch`)."""
+        seat = self._seats.get(threading.get_ident())
+        if seat is None:
+            result = serve([item])[0]
+        else:
+            modes = (torch.is_inference_mode_enabled(), torch.is_grad_enabled())
+            result = self._wait(seat, _Request((name, modes), serve, None, (), False, modes, item=item))
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+    def _wait(self, seat: int, request: _Request) -> Any:
+        """Hand `request` in for the main thread to serve; its result (or its error, raised)."""
         with self._condition:
             if self._aborted:
                 raise Aborted()
@@ -199,6 +221,9 @@ class Lockstep:
     @staticmethod
     def _call_once(part: list[_Request]) -> list[Any]:
         first = part[0]
+        if first.x is None:
+            with torch.inference_mode(first.modes[0]), torch.set_grad_enabled(first.modes[1]):
+                return first.fn([request.item for request in part])
         args = ((sum((list(r.args[0]) for r in part), []),) if first.concatenated_args else first.args)
         with torch.inference_mode(first.modes[0]), torch.set_grad_enabled(first.modes[1]):
             output = first.fn(torch.cat([r.x for r in part]), *args)

@@ -10,7 +10,10 @@ sweep goes on. A stop (Ctrl-C, SIGTERM) is not caught: it ends the sweep.
 Cells that differ only in their seed can run as one seed batch (`run_group`, `--seed-batch`):
 each cell's run is the same, in a thread of its own, its network calls and reward queries
 batched with the others' (`lockstep`); its result is the one it gets alone, bit for bit where
-a batched call computes each row alike.
+a batched call computes each row alike. The cells of a method that batches its seeds itself
+(dno, reno, guidance: `run_batch`, which back-propagates through one graph for all seeds) meet
+at the method instead: the main thread runs one `align_batch` of their seeds and hands each
+cell its outcome (`Lockstep.gather`).
 """
 
 from __future__ import annotations
@@ -25,12 +28,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..align import COMPLETE, FAILED, RunFailed, evaluate
+from ..align import COMPLETE, FAILED, Outcome, RunFailed, evaluate
+from ..batch import align_batch
 from ..errors import NoiseAlignError
 from ..generate import PreparedRun, RunRequest, execute, prepare
+from ..methods.base import Observer
 from ..lockstep import Lockstep, routed_problem, routed_reward
 from ..methods.base import Problem
-from ..methods.registry import METHODS
 from ..models.registry import load_model
 from ..rewards.hub import first_line
 from ..rewards.registry import parse_reward, reward_terms
@@ -89,15 +93,10 @@ class Worker:
         """Cells that differ only in their seed, as one seed batch: each cell's run in lockstep
         with the others (`lockstep`), so that every network call and reward query, held-out
         scoring included, carries all their rows. Each cell's result is the one `run` gives."""
-        if len(cells) == 1 or self._logs_into_run_folders(cells[0]) or self._differentiates(cells[0]):
+        if len(cells) == 1 or self._logs_into_run_folders(cells[0]):
             return [self.run(cell) for cell in cells]
         lockstep = Lockstep()
         return lockstep.run([partial(self.run, cell, lockstep) for cell in cells])
-
-    def _differentiates(self, cell: Cell) -> bool:
-        """Whether the cell's method back-propagates through the model (dno, reno, guidance: their
-        seeds batch in `run_batch`, not in lockstep, where each call with a graph runs alone)."""
-        return hasattr(METHODS[cell.method].method, "run_batch")
 
     def _logs_into_run_folders(self, cell: Cell) -> bool:
         """Whether a reward of the cell writes into its run folder (the VLM judge's request log:
@@ -116,6 +115,8 @@ class Worker:
                 prepared = self._prepare(cell, folder)
                 if lockstep is not None:
                     prepared.problem = routed_problem(prepared.problem, lockstep)
+                    if hasattr(prepared.method, "run_batch"):
+                        prepared.aligner = partial(_aligned_together, lockstep)
                 report = execute(prepared)
                 record, seed = report.record, report.seeds[0]
                 evaluation = self._held_out(cell, seed.aligned.result.output, lockstep)
@@ -140,6 +141,30 @@ class Worker:
             return self.rewards[reward] if lockstep is None else routed_reward(self.rewards[reward], lockstep)
         return {reward: float(evaluate(Problem(self.model, scorer(reward), cell.prompt), output)[0])
                 for reward in self.spec.evaluate}
+
+
+def _aligned_together(lockstep: Lockstep, run: PreparedRun, seeds: list[int],
+                      observers: list[Observer]) -> list[Outcome]:
+    """A cell's method run as part of one `align_batch` of its seed batch's cells."""
+    return lockstep.gather("align", (run, seeds, observers), _align_cells)
+
+
+def _align_cells(items: list[tuple[PreparedRun, list[int], list[Observer]]]) -> list[list[Outcome] | Exception]:
+    """One `align_batch` of the cells' seeds (the cells differ only in seed: the first's problem
+    and method serve all); each cell's outcomes, or its own RunFailed carrying its outcome. Any
+    other error is every cell's (a stop is not caught: it ends the sweep)."""
+    first = items[0][0]
+    seeds = [seed for _, cell_seeds, _ in items for seed in cell_seeds]
+    observers = [observer for _, _, cell_observers in items for observer in cell_observers]
+    try:
+        outcomes = align_batch(first.problem, first.method, seeds, first.request.budget, observers)
+    except RunFailed as failure:
+        kept = iter(failure.outcomes)
+        return [RunFailed(str(failure), *[next(kept, None) for _ in cell_seeds]) for _, cell_seeds, _ in items]
+    except Exception as error:  # noqa: BLE001 (a bug or an exhausted device: each cell fails with it)
+        return [error] * len(items)
+    given = iter(outcomes)
+    return [[next(given) for _ in cell_seeds] for _, cell_seeds, _ in items]
 
 
 def _files(folder: Path) -> dict[str, bytes]:
