@@ -40,16 +40,16 @@ name = "digits"
 list = [""]
 
 [[methods]]
-method = "best-of-n"
-budgets = [2]
-options = {{ steps = 4, batch-size = 1 }}
+{method}
 """
+BEST_OF_2 = 'method = "best-of-n"\nbudgets = [2]\noptions = { steps = 4, batch-size = 1 }'
 
 
-def tiny(tmp_path: Path, optimize: str = '"digit:3"', seeds: str = "[0, 1]") -> Path:
-    """A sweep file of quick cells (best-of-2 on a 4-step grid), one per optimized reward and seed."""
+def tiny(tmp_path: Path, optimize: str = '"digit:3"', seeds: str = "[0, 1]", method: str = BEST_OF_2) -> Path:
+    """A sweep file of quick cells on digits (by default best-of-2 on a 4-step grid), one per
+    optimized reward and seed."""
     path = tmp_path / "tiny.toml"
-    path.write_text(TINY.format(optimize=optimize, seeds=seeds))
+    path.write_text(TINY.format(optimize=optimize, seeds=seeds, method=method))
     return path
 
 
@@ -156,7 +156,7 @@ def test_bad_input_is_one_line_and_creates_nothing(tmp_path, capsys, case):
         spec = tmp_path / "broken.toml"
         spec.write_text(edits)
     else:
-        text = TINY.format(optimize='"digit:3"', seeds="[0, 1]")
+        text = TINY.format(optimize='"digit:3"', seeds="[0, 1]", method=BEST_OF_2)
         for old, new in edits.items():
             assert old in text, old
             text = text.replace(old, new)
@@ -333,13 +333,11 @@ def test_a_reward_failing_in_a_gradient_seed_batch_fails_each_cell_with_its_own_
     assert all("noise.pt" in r.files for r in results)           # each kept its best iterate so far
 
 
-def test_a_signal_during_a_seed_batch_keeps_the_batches_that_finished(tmp_path, monkeypatch, capsys):
-    """Seeds 0, 1 as one batch, then seed 2: SIGTERM inside the second batch keeps the first two
-    cells; the resumed sweep runs the third and equals a sweep run one seed at a time."""
-    spec = tiny(tmp_path, '"python:misbehaving_rewards.slow_after_marker"', seeds="[0, 1, 2]")
-    out, marker = tmp_path / "out", tmp_path / "marker"
-    # the reward is called 4 times by a batch (baseline, 2 candidates, result; each call for both seeds)
-    env = {**ENV, "NOISEALIGN_TEST_MARKER": str(marker), "NOISEALIGN_TEST_AFTER": "6", "NOISEALIGN_TEST_SLEEP": "0.3"}
+def sigterm_in_a_seed_batch(spec: Path, out: Path, marker: Path, after: int) -> str:
+    """`sweep spec --seed-batch 2` in a subprocess, sent SIGTERM once its reward (misbehaving_rewards'
+    slow_after_marker) has been called `after` times; its one stop line, after checking exit 143."""
+    env = {**ENV, "NOISEALIGN_TEST_MARKER": str(marker), "NOISEALIGN_TEST_AFTER": str(after),
+           "NOISEALIGN_TEST_SLEEP": "0.3"}
     process = subprocess.Popen([sys.executable, "-m", "noisealign", "sweep", str(spec), "--out", str(out), "--quiet",
                                 "--seed-batch", "2"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
@@ -351,14 +349,17 @@ def test_a_signal_during_a_seed_batch_keeps_the_batches_that_finished(tmp_path, 
     process.send_signal(signal.SIGTERM)
     _, err = process.communicate(timeout=60)
     assert process.returncode == 143, err
-    assert err.strip().splitlines() == [f"stopped (SIGTERM): 2 of 3 cells finished in {out}; "
-                                        "rerun the same command to resume"], err
-    assert [line["seed"] for line in lines_of(out)] == [0, 1]
+    (line,) = err.strip().splitlines()
+    return line
+
+
+def assert_resumes_to_the_sweep_run_alone(spec: Path, out: Path, marker: Path, tmp_path: Path, monkeypatch) -> None:
+    """Resuming `out` finishes it with the runs of the sweep run one seed at a time (the digits
+    model's batched convolutions may round differently: the same calls, rewards to float rounding)."""
     monkeypatch.setenv("NOISEALIGN_TEST_AFTER", "1000000")
     monkeypatch.setenv("NOISEALIGN_TEST_MARKER", str(marker))
     assert sweep(spec, "--out", out, "--quiet", "--seed-batch", "2") == 0
     assert sweep(spec, "--out", tmp_path / "alone", "--quiet") == 0
-    # the digits model's batched convolutions may round differently: the same runs, rewards to float rounding
     counts = lambda lines: {line["cell"]: (line["status"], line["reward_queries"], line["nfe"]) for line in lines}  # noqa: E731
     resumed, alone = lines_of(out), lines_of(tmp_path / "alone")
     assert counts(resumed) == counts(alone) and len(resumed) == 3
@@ -366,55 +367,30 @@ def test_a_signal_during_a_seed_batch_keeps_the_batches_that_finished(tmp_path, 
         assert a["final_reward"] == pytest.approx(b["final_reward"], abs=1e-4)
 
 
-DNO_DIGITS = """
-seeds = [0, 1, 2]
-optimize = ["python:misbehaving_rewards.slow_after_marker"]
-evaluate = ["brightness"]
-
-[model]
-name = "digits"
-
-[prompts]
-list = [""]
-
-[[methods]]
-method = "dno"
-budgets = [3]
-options = {{ steps = 4 }}
-"""
+def test_a_signal_during_a_seed_batch_keeps_the_batches_that_finished(tmp_path, monkeypatch):
+    """Seeds 0, 1 as one batch, then seed 2: SIGTERM inside the second batch keeps the first two
+    cells; the resumed sweep runs the third and equals a sweep run one seed at a time."""
+    spec = tiny(tmp_path, '"python:misbehaving_rewards.slow_after_marker"', seeds="[0, 1, 2]")
+    out, marker = tmp_path / "out", tmp_path / "marker"
+    # the reward is called 4 times by a batch (baseline, 2 candidates, result; each call for both seeds)
+    assert sigterm_in_a_seed_batch(spec, out, marker, after=6) == \
+        f"stopped (SIGTERM): 2 of 3 cells finished in {out}; rerun the same command to resume"
+    assert [line["seed"] for line in lines_of(out)] == [0, 1]
+    assert_resumes_to_the_sweep_run_alone(spec, out, marker, tmp_path, monkeypatch)
 
 
 def test_a_signal_during_a_gradient_seed_batch_stops_the_sweep_and_resume_finishes_it(tmp_path, monkeypatch):
     """dno's cells of seeds 0 and 1 meet at one align_batch on the main thread: SIGTERM in the middle
     of it stops the sweep with no cell of the batch recorded; the resumed sweep runs all three and
     makes the calls of a sweep run one seed at a time."""
-    spec, out, marker = tmp_path / "dno.toml", tmp_path / "out", tmp_path / "marker"
-    spec.write_text(DNO_DIGITS.format())
+    spec = tiny(tmp_path, '"python:misbehaving_rewards.slow_after_marker"', seeds="[0, 1, 2]",
+                method='method = "dno"\nbudgets = [3]\noptions = { steps = 4 }')
+    out, marker = tmp_path / "out", tmp_path / "marker"
     # the batch's calls of the reward: its baselines (one call), then DNO's iterates 0, 1, 2: the marker at iterate 1
-    env = {**ENV, "NOISEALIGN_TEST_MARKER": str(marker), "NOISEALIGN_TEST_AFTER": "3", "NOISEALIGN_TEST_SLEEP": "0.3"}
-    process = subprocess.Popen([sys.executable, "-m", "noisealign", "sweep", str(spec), "--out", str(out), "--quiet",
-                                "--seed-batch", "2"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while not marker.exists():
-        assert process.poll() is None, process.communicate()[1]
-        assert time.monotonic() < deadline, "the reward was never called"
-        time.sleep(0.05)
-    process.send_signal(signal.SIGTERM)
-    _, err = process.communicate(timeout=60)
-    assert process.returncode == 143, err
-    assert err.strip().splitlines() == [f"stopped (SIGTERM): 0 of 3 cells finished in {out}; "
-                                        "rerun the same command to resume"], err
+    assert sigterm_in_a_seed_batch(spec, out, marker, after=3) == \
+        f"stopped (SIGTERM): 0 of 3 cells finished in {out}; rerun the same command to resume"
     assert not (out / "results.jsonl").exists() or lines_of(out) == []
-    monkeypatch.setenv("NOISEALIGN_TEST_AFTER", "1000000")
-    monkeypatch.setenv("NOISEALIGN_TEST_MARKER", str(marker))
-    assert sweep(spec, "--out", out, "--quiet", "--seed-batch", "2") == 0
-    assert sweep(spec, "--out", tmp_path / "alone", "--quiet") == 0
-    counts = lambda lines: {line["cell"]: (line["status"], line["reward_queries"], line["nfe"]) for line in lines}  # noqa: E731
-    resumed, alone = lines_of(out), lines_of(tmp_path / "alone")
-    assert counts(resumed) == counts(alone) and len(resumed) == 3
-    for a, b in zip(sorted(resumed, key=lambda line: line["cell"]), sorted(alone, key=lambda line: line["cell"])):
-        assert a["final_reward"] == pytest.approx(b["final_reward"], abs=1e-4)
+    assert_resumes_to_the_sweep_run_alone(spec, out, marker, tmp_path, monkeypatch)
 
 
 def test_resume_after_a_crash_cuts_the_torn_line_and_reruns_cells_without_a_line(tmp_path):
