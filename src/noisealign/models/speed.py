@@ -59,7 +59,7 @@ class TracedNetwork:
     inference_mode; it was barely faster here. Where tracing raises, that signature runs the
     eager call, after one warning. Weights are the module's own tensors, not copies (moving or
     casting the network afterwards needs a new TracedNetwork), but each trace holds host memory
-    for its graph (the tiny test UNet's: ~12 MB, not returned when a trace is dropped), so a
+    for its graph (the tiny test UNet's: 12-19 MB, not returned when a trace is dropped), so a
     run with many batch sizes (Demon: a few) pays it per size.
     """
 
