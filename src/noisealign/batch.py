@@ -60,7 +60,7 @@ def _run_batch(problem: Problem, method: Method, seeds: list[int], budget: int |
     contexts = [RunContext(problem, seed, Ledger(query_limit=budget), watch)
                 for seed, watch in zip(seeds, watched)]
     try:
-        return run_contexts(problem, contexts, lambda: method.run_batch(contexts))
+        return run_contexts(problem, contexts, partial(method.run_batch, contexts))
     except torch.OutOfMemoryError:
         if len(seeds) == 1 or any(watch.seen for watch in watched):
             raise

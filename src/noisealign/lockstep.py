@@ -51,7 +51,6 @@ import torch
 from torch import Tensor
 
 from .methods.base import Observer, Problem
-from .models.base import make_denoiser
 
 T = TypeVar("T")
 POLL_SECONDS = 0.1
@@ -280,12 +279,10 @@ def routed_problem(problem: Problem, lockstep: Lockstep) -> Problem:
     """The problem a seed's run sees: its denoiser's, model's and reward's calls go through
     `lockstep`. Problems alike but for their objects (a sweep's cells of one prompt, one per
     seed) share calls: a denoiser is known by its model, prompt, negative prompt and guidance."""
-    denoiser = problem.denoiser or make_denoiser(problem.model, problem.prompt, problem.guidance,
-                                                  problem.negative_prompt)
     identity = (id(problem.model), problem.prompt, problem.negative_prompt, problem.guidance)
     return dataclasses.replace(problem, model=_RoutedModel(problem.model, lockstep),
                                reward=routed_reward(problem.reward, lockstep),
-                               denoiser=_routed_denoiser(denoiser, lockstep, identity))
+                               denoiser=_routed_denoiser(problem.bound_denoiser(), lockstep, identity))
 
 
 def routed_reward(reward: Any, lockstep: Lockstep) -> Any:

@@ -32,6 +32,12 @@ class Problem:
     """D(x, sigma) with the prompt and guidance bound (None: `make_denoiser` of the above, per
     run); seeds run in lockstep share one that batches their calls (`lockstep`)."""
 
+    def bound_denoiser(self) -> Callable[[Tensor, Any], Tensor]:
+        """`denoiser`, or a new one of the model with this prompt, negative prompt and guidance."""
+        if self.denoiser is not None:
+            return self.denoiser
+        return make_denoiser(self.model, self.prompt, self.guidance, self.negative_prompt)
+
 
 @dataclass
 class StepEvent:
@@ -75,10 +81,7 @@ class RunContext:
     def __init__(self, problem: Problem, seed: int, ledger: Ledger, observer: Observer | None = None):
         self.problem, self.seed, self.ledger = problem, seed, ledger
         self.model = problem.model
-        denoiser = problem.denoiser
-        if denoiser is None:
-            denoiser = make_denoiser(problem.model, problem.prompt, problem.guidance, problem.negative_prompt)
-        self.denoiser = CountedDenoiser(denoiser, ledger)
+        self.denoiser = CountedDenoiser(problem.bound_denoiser(), ledger)
         self._observer = observer
         self._keep: Callable[[], MethodResult] | None = None
 

@@ -59,7 +59,7 @@ from ..errors import NoiseAlignError
 from ..models.base import DiffusionModel
 from ..options import check, is_finite, option, shared
 from .base import MethodResult, Problem, RunContext, StepEvent
-from .dno_checkpointing import SETTINGS, CheckpointPlan, checkpointed, setting_of  # noqa: F401 (guidance's)
+from .dno_checkpointing import SETTINGS, CheckpointPlan, setting_of
 from .regularizers import NAMES, regularizers
 from .seed_batch import SeedBatch
 from .zo import image_gradient, zo_gradient

@@ -46,7 +46,7 @@ from ..errors import NoiseAlignError
 from ..models.base import DiffusionModel
 from ..options import check, is_finite, option, shared
 from .base import MethodResult, Problem, RunContext, StepEvent
-from .dno import checkpointed
+from .dno_checkpointing import checkpointed
 from .seed_batch import SeedBatch
 
 SCHEDULES = ("tilt", "constant")

@@ -32,9 +32,8 @@ from ..align import COMPLETE, FAILED, Outcome, RunFailed, evaluate
 from ..batch import align_batch
 from ..errors import NoiseAlignError
 from ..generate import PreparedRun, RunRequest, execute, prepare
-from ..methods.base import Observer
 from ..lockstep import Lockstep, routed_problem, routed_reward
-from ..methods.base import Problem
+from ..methods.base import Observer, Problem
 from ..models.registry import load_model
 from ..rewards.hub import first_line
 from ..rewards.registry import parse_reward, reward_terms
@@ -157,14 +156,17 @@ def _align_cells(items: list[tuple[PreparedRun, list[int], list[Observer]]]) -> 
     seeds = [seed for _, cell_seeds, _ in items for seed in cell_seeds]
     observers = [observer for _, _, cell_observers in items for observer in cell_observers]
     try:
-        outcomes = align_batch(first.problem, first.method, seeds, first.request.budget, observers)
+        return _per_cell(align_batch(first.problem, first.method, seeds, first.request.budget, observers), items)
     except RunFailed as failure:
-        kept = iter(failure.outcomes)
-        return [RunFailed(str(failure), *[next(kept, None) for _ in cell_seeds]) for _, cell_seeds, _ in items]
+        return [RunFailed(str(failure), *kept) for kept in _per_cell(failure.outcomes, items)]
     except Exception as error:  # noqa: BLE001 (a bug or an exhausted device: each cell fails with it)
         return [error] * len(items)
+
+
+def _per_cell(outcomes: list, items: list[tuple[PreparedRun, list[int], list[Observer]]]) -> list[list]:
+    """The seed-ordered `outcomes` cut into each cell's (None for any a stopped batch lacks)."""
     given = iter(outcomes)
-    return [[next(given) for _ in cell_seeds] for _, cell_seeds, _ in items]
+    return [[next(given, None) for _ in cell_seeds] for _, cell_seeds, _ in items]
 
 
 def _files(folder: Path) -> dict[str, bytes]:
