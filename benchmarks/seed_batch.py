@@ -1,6 +1,7 @@
 """Seeds in parallel: every method's grid of seeds run one at a time against as one batch.
 
     python benchmarks/seed_batch.py [--model digits|gmm|sd-tiny] [--seeds 4] [--repeats 2] [--threads 1]
+                                    [--kernels default|batch-invariant]
 
 sd-tiny is the tests' random-weight SD 1.x pipeline (UNet 32/64 channels, 32 px, CFG), saved to
 a temporary folder and loaded as a user's checkpoint is, with the brightness reward.
@@ -11,8 +12,9 @@ others run in lockstep, `noisealign.lockstep`), alternating, in one process. Pri
 seconds of the grid both ways and their ratio, the model calls the batch made against the
 calls of the seeds run alone (each batched call carries every seed's rows), and the largest
 difference of a seed's output between the two: 0 where the kernels compute a row alike at
-every batch size (the gmm), float rounding where they do not (the digits model's convolutions
-on CPU, which is why the CPU default stays one seed at a time).
+every batch size (the gmm, and every model under `--kernels batch-invariant`), float rounding
+where they do not (torch's default CPU convolutions and matrix products on the digits model and
+SD, which is why the CPU default stays one seed at a time unless the kernels are batch-invariant).
 """
 
 from __future__ import annotations
@@ -55,16 +57,14 @@ METHODS = {   # (method, budget): the defaults, sized by the budget
 REWARDS = {"digits": "digit:3", "gmm": "coordinate:0", "sd-tiny": "brightness"}
 
 
-def load(name: str, folder: str):
+def load(name: str, folder: str, kernels: str):
     """The model by name; sd-tiny saved to `folder` and loaded from there."""
     if name != "sd-tiny":
-        return load_model(name)
+        return load_model(name, kernels=kernels)
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
     import diffusers_tiny
-
-    from noisealign.models.diffusers_loading import load_diffusers_model
     diffusers_tiny.sd_pipeline().save_pretrained(folder)
-    return load_diffusers_model(folder, height=32, width=32)
+    return load_model(folder, height=32, width=32, kernels=kernels)
 
 
 class CallCounter:
@@ -86,10 +86,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
+    parser.add_argument("--kernels", choices=["default", "batch-invariant"], default="default",
+                        help="the CPU kernels of both ways (noisealign.batch_invariant)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory(prefix="noisealign-seed-batch-") as folder:
-        compare(args, load(args.model, folder))
+        compare(args, load(args.model, folder, args.kernels))
 
 
 def compare(args: argparse.Namespace, model) -> None:
@@ -98,7 +100,7 @@ def compare(args: argparse.Namespace, model) -> None:
     problem = Problem(model, parse_reward(REWARDS[args.model]))
     seeds = list(range(args.seeds))
     print(f"{args.model}, reward {REWARDS[args.model]}, {args.seeds} seeds, {args.threads} thread(s), "
-          f"medians of {args.repeats} alternating repeats")
+          f"{args.kernels} kernels, medians of {args.repeats} alternating repeats")
     print("| method | budget | one at a time: s | batch: s | ratio | model calls alone / batch | max output diff |")
     print("|---|---|---|---|---|---|---|")
     for name in args.methods:

@@ -6,8 +6,9 @@ rows of one batch; every other method runs each seed's `run` in lockstep with th
 is busy with B seeds' rows instead of one's. Each seed keeps its own ledger, best-so-far and
 observer, and gets the Outcome `align` would give it; `seconds` is the batch's wall time,
 shared. The outcomes equal those of `align` seed by seed, bit for bit, where the model's and
-the reward's kernels compute each row alike whatever the batch size (the gmm; on CPU,
-convolutions such as the digits model's may differ in the last bits).
+the reward's kernels compute each row alike whatever the batch size: the gmm, and every CPU
+model under batch-invariant kernels (noisealign.batch_invariant); otherwise on CPU a
+convolution or a matrix product may round a row differently in the last bits.
 
 Memory: a batch-path run that runs out of accelerator memory before any seed has observed a
 step runs again as two halves, each on fresh contexts, down to one seed (whose failure is the
@@ -91,15 +92,19 @@ class _Watched:
             self.observer(event)
 
 
-def seed_batch_size(requested: int | None, seeds: int, device: torch.device | str) -> int:
+def seed_batch_size(requested: int | None, seeds: int, device: torch.device | str,
+                    kernels: str | None = None) -> int:
     """K, the seeds run as one batch: the requested number (at most `seeds`), else all of them on
     an accelerator, which one small sample leaves mostly idle, and one on CPU. There a batch is
-    faster too (digits, 4 seeds: 1.8x for dno, 1.9x for guidance), but a convolution may round a
-    row differently at another batch size, so a grid cell would no longer be the run of its seed
-    alone bit for bit; the default keeps it so, and --seed-batch trades it for speed."""
+    faster too (digits, 4 seeds: 1.8x for dno, 1.9x for guidance), but a convolution or a matrix
+    product may round a row differently at another batch size, so a grid cell would no longer be
+    the run of its seed alone bit for bit; the default keeps it so, and --seed-batch trades it for
+    speed. With batch-invariant kernels (`kernels`, noisealign.batch_invariant) a batch keeps the
+    bits, so the CPU default is all seeds too."""
     if requested is not None:
         return max(1, min(requested, seeds))
-    return 1 if torch.device(device).type == "cpu" else seeds
+    alone_on_cpu = torch.device(device).type == "cpu" and kernels != "batch-invariant"
+    return 1 if alone_on_cpu else seeds
 
 
 def seed_chunks(seeds: Sequence[int], size: int) -> list[list[int]]:

@@ -88,8 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
                           help="run the grid's seeds K at a time as one batch (dno, guidance, reno: as rows of "
                                "one batch; the other methods in lockstep, each network call and reward query "
                                "carrying all K seeds' rows). Default: all on a GPU; 1 on CPU, where a batch is "
-                               "faster but a grid cell may then differ in the last bits from its seed run alone; "
-                               "a batch that runs out of GPU memory is halved")
+                               "faster but a grid cell may then differ in the last bits from its seed run alone "
+                               "(all with --kernels batch-invariant, which keeps the bits); a batch that runs "
+                               "out of GPU memory is halved")
     generate.add_argument("--out", default=None, help="run folder (default: a new folder under runs/); never overwritten")
     _add_model_arguments(generate.add_argument_group("model loading options (each model takes some; "
                                                       "one it does not take is an error)"))
@@ -141,6 +142,11 @@ def _add_model_arguments(group: argparse._ArgumentGroup) -> None:
                        help="diffusers models: torch.compile mode of the denoising network, compiled on its first "
                             "call; or trace: torch.jit.trace it once per input shape (no compile time, same "
                             "numbers, less Python overhead per call) (default off; docs/performance.md)")
+    group.add_argument("--kernels", choices=["default", "batch-invariant"], default=None,
+                       help="CPU kernels of this process: batch-invariant computes each row of a batch as it would "
+                            "be alone, so a grid's seeds run as one batch give the bits of each seed run alone, "
+                            "and --seed-batch then defaults to all seeds on CPU too; slower per call (default "
+                            "torch's own; docs/determinism.md)")
 
 
 def _add_vlm_arguments(group: argparse._ArgumentGroup) -> None:

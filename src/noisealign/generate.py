@@ -118,7 +118,8 @@ class PreparedRun:
     @property
     def seed_batch(self) -> int:
         """K, the seeds the method runs as one batch."""
-        return seed_batch_size(self.request.seed_batch, self.request.grid, getattr(self.problem.model, "device", "cpu"))
+        return seed_batch_size(self.request.seed_batch, self.request.grid, getattr(self.problem.model, "device", "cpu"),
+                               self.request.model_options.get("kernels"))
 
 
 def prepare(request: RunRequest, reward_registry: dict | None = None, reward: Reward | None = None,

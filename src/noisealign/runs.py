@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from . import __version__
+from . import batch_invariant
 from .cpu import malloc_settings
 from .errors import NoiseAlignError
 from .imaging import is_image_batch, save_grid, save_image
@@ -184,10 +185,12 @@ def record_head(method: str, model: str, prompt: str, reward: str, seed: int, bu
 
 
 def environment() -> dict[str, Any]:
-    """What bit-identical reruns depend on (docs/determinism.md): versions and the thread count;
-    and the malloc thresholds the CLI pinned (noisealign.cpu), which move time, not bits."""
+    """What bit-identical reruns depend on (docs/determinism.md): versions, the thread count and
+    whether the CPU kernels were batch-invariant (noisealign.batch_invariant); and the malloc
+    thresholds the CLI pinned (noisealign.cpu), which move time, not bits."""
     return {"noisealign": __version__, "torch": torch.__version__, "python": platform.python_version(),
-            "torch_threads": torch.get_num_threads(), "machine": platform.machine(), "malloc": malloc_settings()}
+            "torch_threads": torch.get_num_threads(), "batch_invariant_kernels": batch_invariant.enabled(),
+            "machine": platform.machine(), "malloc": malloc_settings()}
 
 
 class Trace:

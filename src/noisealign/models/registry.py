@@ -3,7 +3,8 @@ is tried as a diffusers pipeline (hub id or folder).
 
 A loading option a model does not take (--dtype on digits, --device on gmm) is an error, not
 silently ignored; `check_device` refuses a device this machine does not have before any
-loading.
+loading. `kernels` is taken by every model: it sets the process's CPU kernels
+(noisealign.batch_invariant) for the model and the rewards alike.
 """
 
 from __future__ import annotations
@@ -15,8 +16,12 @@ import torch
 from ..errors import NoiseAlignError
 from .base import DiffusionModel
 
-LOADING_OPTIONS = ("device", "dtype", "height", "width", "scheduler", "few_step", "memory_format", "compile")
+LOADING_OPTIONS = ("device", "dtype", "height", "width", "scheduler", "few_step", "memory_format", "compile",
+                   "kernels")
 """Every model loading option; None means not given (the model's default)."""
+KERNELS = ("default", "batch-invariant")
+"""`kernels`: torch's own CPU kernels, or batch-invariant ones (a row's bits whatever its batch)."""
+EVERY_MODEL_TAKES = ("kernels",)
 
 
 def _digits(device: str = "cpu") -> DiffusionModel:
@@ -48,7 +53,7 @@ GUIDED = {"digits": True, "gmm": False}
 
 
 def options_taken(name: str) -> tuple[str, ...]:
-    return MODELS[name][1] if name in MODELS else LOADING_OPTIONS
+    return MODELS[name][1] + EVERY_MODEL_TAKES if name in MODELS else LOADING_OPTIONS
 
 
 def check_model_options(name: str, **options: Any) -> dict[str, Any]:
@@ -61,6 +66,13 @@ def check_model_options(name: str, **options: Any) -> dict[str, Any]:
             raise NoiseAlignError(f"--{key.replace('_', '-')} does not apply to the {name} model (it takes {takes}); drop it")
     if "device" in given:
         check_device(given["device"])
+    kernels = given.get("kernels", "default")
+    if kernels not in KERNELS:
+        raise NoiseAlignError(f"--kernels {kernels!r} is not one of {', '.join(KERNELS)}")
+    if kernels == "batch-invariant" and torch.device(given.get("device", "cpu")).type != "cpu":
+        raise NoiseAlignError(f"--kernels batch-invariant runs on the CPU only, not on --device {given['device']} "
+                              "(cuBLAS and cuDNN choose kernels by batch size and torch cannot stop them); "
+                              "drop one of the two")
     return given
 
 
@@ -93,10 +105,16 @@ def check_model(name: str) -> None:
 def load_model(name: str, **options: Any) -> DiffusionModel:
     """A registered model by name; any other name is a diffusers pipeline (hub id or folder).
 
-    options: device, dtype, height, width, scheduler, few_step, memory_format, compile (None:
-    the model's default); those the model does not take are refused (`check_model_options`).
+    options: device, dtype, height, width, scheduler, few_step, memory_format, compile, kernels
+    (None: the model's default); those the model does not take are refused (`check_model_options`).
+    kernels "batch-invariant" switches this process to batch-invariant CPU kernels
+    (noisealign.batch_invariant), which then stay on.
     """
     given = check_model_options(name, **options)
+    if given.pop("kernels", "default") == "batch-invariant":
+        from .. import batch_invariant
+
+        batch_invariant.enable()
     if name in MODELS:
         return MODELS[name][0](**given)
     return _diffusers(name, **given)

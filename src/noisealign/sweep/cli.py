@@ -26,6 +26,9 @@ def add_parsers(commands: Any) -> None:
     given = sweep.add_argument_group("overrides (replace that part of the sweep file)")
     given.add_argument("--model", help="the model, as `generate --model`")
     given.add_argument("--device", help="the model's device, e.g. cuda")
+    given.add_argument("--kernels", choices=["default", "batch-invariant"],
+                       help="CPU kernels, as `generate --kernels`: batch-invariant keeps a seed batch's cells "
+                            "bit-identical to each cell run alone")
     given.add_argument("--prompts", help="a prompt set: digits, animals, hpsv2[:style], drawbench[:PATH], "
                                          "parti[:PATH], geneval:PATH, file:PATH")
     given.add_argument("--take", type=integer, help="only the first N prompts of the set")
@@ -44,7 +47,8 @@ def add_parsers(commands: Any) -> None:
     run.add_argument("--seed-batch", type=integer, default=None, metavar="K",
                      help="run the cells that differ only in their seed K at a time as one seed batch, each network "
                           "call and reward query carrying all K (default: every seed on a GPU; 1 on CPU, where a "
-                          "batched cell may differ in the last bits from the cell run alone)")
+                          "batched cell may differ in the last bits from the cell run alone, unless --kernels "
+                          "batch-invariant, which keeps the bits: then all)")
     run.add_argument("--offline", action="store_true", help="forbid every download (also NOISEALIGN_OFFLINE=1)")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     add_report_parser(commands)
@@ -68,7 +72,7 @@ def main(args: argparse.Namespace) -> int:
     for bad, message in checks:
         if bad:
             raise NoiseAlignError(message)
-    overrides = {key: getattr(args, key) for key in ("model", "device", "prompts", "take", "seeds", "methods",
+    overrides = {key: getattr(args, key) for key in ("model", "device", "kernels", "prompts", "take", "seeds", "methods",
                                                      "budgets", "optimize", "evaluate")}
     spec = load_spec(Path(args.spec), overrides)
     options = ExecutionOptions(args.executor, args.workers, args.threads, args.retries, args.ray_address,

@@ -36,7 +36,8 @@ class ExecutionOptions:
     retries: int = 1
     ray_address: str | None = None
     quiet: bool = False
-    seed_batch: int | None = None     # None: every seed on an accelerator, one on a CPU (batch.seed_batch_size)
+    seed_batch: int | None = None     # None: every seed on an accelerator, one on a CPU unless its kernels are
+                                      # batch-invariant (batch.seed_batch_size)
 
 
 def run_sweep(spec: SweepSpec, out: Path, options: ExecutionOptions) -> int:
@@ -55,7 +56,8 @@ def run_sweep(spec: SweepSpec, out: Path, options: ExecutionOptions) -> int:
             folder = SweepFolder.open(out, spec_dict)
             try:
                 _run_cells(folder, cells, executor, options, seed_batch_size(
-                    options.seed_batch, len(spec.seeds), spec.model_options.get("device") or "cpu"))
+                    options.seed_batch, len(spec.seeds), spec.model_options.get("device") or "cpu",
+                    spec.model_options.get("kernels")))
             finally:
                 folder.close()
     except KeyboardInterrupt as stop:

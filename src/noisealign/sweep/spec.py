@@ -126,7 +126,8 @@ def apply_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> None:
     given = {key: value for key, value in overrides.items() if value is not None}
     model = data.setdefault("model", {})
     if isinstance(model, dict):   # anything else: resolve() names the problem
-        model.update({key: given[flag] for flag, key in (("model", "name"), ("device", "device")) if flag in given})
+        model.update({key: given[flag] for flag, key in (("model", "name"), ("device", "device"), ("kernels", "kernels"))
+                      if flag in given})
     if "prompts" in given:
         data["prompts"] = {"set": given["prompts"]}
     prompts = data.setdefault("prompts", {})
