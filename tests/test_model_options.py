@@ -46,6 +46,26 @@ def test_channels_last_gives_the_same_output(folder):
                                rtol=1e-5, atol=1e-5)
 
 
+def test_attention_calls_its_processor_directly_with_the_same_bits_and_diffusers_path_for_extra_kwargs(folder):
+    from diffusers.models.attention_processor import Attention
+
+    from noisealign.models.diffusers_attention import DirectAttention
+
+    direct = tiny.load(folder)
+    attentions = [m for m in unet_of(direct).modules() if isinstance(m, Attention)]
+    assert attentions and all(type(m) is DirectAttention for m in attentions)
+    assert all(type(m) is DirectAttention for m in direct.decoder.vae.modules() if isinstance(m, Attention))
+    expected = denoise_and_decode(direct), denoiser_gradient(direct)
+    for module in attentions + [m for m in direct.decoder.vae.modules() if isinstance(m, Attention)]:
+        module.__class__ = Attention                                         # diffusers' own forward
+    assert torch.equal(denoise_and_decode(direct), expected[0]) and torch.equal(denoiser_gradient(direct), expected[1])
+    attention = attentions[0]
+    attention.__class__ = DirectAttention
+    hidden = torch.randn(1, 4, attention.query_dim)
+    with torch.no_grad():    # an extra keyword argument takes diffusers' path, which drops it with a logged warning
+        assert torch.equal(attention(hidden, unknown=1), Attention.forward(attention, hidden))
+
+
 def test_compile_wraps_the_network_without_running_it(folder):
     """Compiling happens at the first call: minutes for the tiny UNet on this shared CPU, so here
     only the wrapping is checked; the compiled output is checked where CUDA is."""

@@ -163,6 +163,7 @@ def load_diffusers_model(name_or_path: str, device: str = "cpu", dtype: str = "f
 
 def _load(info: PipelineInfo, name_or_path: str, device: str, dtype: str, height: int | None, width: int | None,
           scheduler: str | None, memory_format: str, compile: str):
+    from .diffusers_attention import call_processors_directly
     from .diffusers_flow import FLOW_SCHEDULERS, FlowDiffusersModel
     from .diffusers_vp import VP_SCHEDULERS, VPDiffusersModel
 
@@ -175,6 +176,7 @@ def _load(info: PipelineInfo, name_or_path: str, device: str, dtype: str, height
     shape = _latent_shape(info, height, width, name_or_path)
     pipe = _load_pipeline(info, name_or_path, DTYPES[dtype], device)
     network = getattr(pipe, spec.network)
+    call_processors_directly(network, pipe.vae)
     apply_speed_options(network, pipe.vae, memory_format, compile)
     height, width = shape[1] * info.vae_factor, shape[2] * info.vae_factor
     network_call = spec.network_call(network)
