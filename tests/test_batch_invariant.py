@@ -200,17 +200,13 @@ def test_a_sweep_under_batch_invariant_kernels_batches_its_seeds_and_equals_the_
     """`sweep --kernels batch-invariant`: every seed as one batch by default on the CPU (Demon in
     lockstep, DNO's cells at one align_batch); every line and noise equal the sweep run one seed
     at a time."""
-    from test_sweep import lines_of, sweep, without_timings
+    from test_sweep import assert_same_sweep, sweep
 
     spec = tmp_path / "digits.toml"
     spec.write_text(DIGITS_SWEEP)
     assert sweep(spec, "--out", tmp_path / "batched", "--kernels", "batch-invariant") == 0
     assert "6 cells; local executor, 1 worker(s), seeds 3 at a time" in capsys.readouterr().err
     assert sweep(spec, "--out", tmp_path / "alone", "--quiet", "--kernels", "batch-invariant", "--seed-batch", "1") == 0
-    batched, alone = lines_of(tmp_path / "batched"), lines_of(tmp_path / "alone")
-    assert without_timings(batched) == without_timings(alone) and len(batched) == 6
-    for line in batched:
-        assert (tmp_path / "batched" / line["run_dir"] / "noise.pt").read_bytes() == \
-            (tmp_path / "alone" / line["run_dir"] / "noise.pt").read_bytes()
-        assert json.loads((tmp_path / "batched" / line["run_dir"] / "result.json").read_text())[
-            "environment"]["batch_invariant_kernels"] is True
+    for line in assert_same_sweep(tmp_path / "batched", tmp_path / "alone", cells=6):
+        result = json.loads((tmp_path / "batched" / line["run_dir"] / "result.json").read_text())
+        assert result["environment"]["batch_invariant_kernels"] is True

@@ -271,11 +271,16 @@ def test_a_seed_batched_sweep_is_the_same_sweep_bit_for_bit_on_the_gmm(tmp_path,
     assert "9 cells; local executor, 1 worker(s), seeds 2 at a time" in capsys.readouterr().err
     assert batches == [("dno", [0, 1])]
     assert sweep(spec, "--out", tmp_path / "alone", "--quiet") == 0
-    batched, alone = lines_of(tmp_path / "batched"), lines_of(tmp_path / "alone")
-    assert without_timings(batched) == without_timings(alone) and len(batched) == 9
-    for line in batched:
-        assert (tmp_path / "batched" / line["run_dir"] / "noise.pt").read_bytes() == \
-            (tmp_path / "alone" / line["run_dir"] / "noise.pt").read_bytes()
+    assert_same_sweep(tmp_path / "batched", tmp_path / "alone", cells=9)
+
+
+def assert_same_sweep(batched: Path, alone: Path, cells: int) -> list[dict]:
+    """Two sweep folders hold the same results, timings aside, and the same noises; returns the lines."""
+    lines = lines_of(batched)
+    assert without_timings(lines) == without_timings(lines_of(alone)) and len(lines) == cells
+    for line in lines:
+        assert (batched / line["run_dir"] / "noise.pt").read_bytes() == (alone / line["run_dir"] / "noise.pt").read_bytes()
+    return lines
 
 
 def test_cells_whose_reward_logs_into_the_run_folder_run_one_after_another(tmp_path, monkeypatch):

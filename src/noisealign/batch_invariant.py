@@ -2,7 +2,7 @@
 
 Why: a seed run in a batch of seeds (`--seed-batch`, a sweep's seed batches) should give the
 bits of the same seed run alone, and a sweep cell should regenerate bit for bit on its own. On
-a CPU three of torch's kernel choices depend on the batch's size, and each rounds a row
+a CPU four of torch's kernel choices depend on the batch's size, and each rounds a row
 differently in the last bits (a relative 1e-7 per call, which a sampler's feedback grows):
 
 - oneDNN (mkldnn) convolution picks its blocking from the whole batch's shape;
@@ -21,11 +21,12 @@ values only. Autograd's backward products go through them too, so gradients are 
 aten::group_norm and aten::conv2d (above autograd) make their input contiguous first, so the
 forward and the backward take the kernels that treat each sample alike.
 Tested in tests/test_batch_invariant.py: every method's seeds batched give the bits of the
-seeds alone on the digits model and the tiny SD pipeline, on 1 and 2 threads.
+seeds alone on the digits model (torch's default thread count: 2 here; 1 in
+benchmarks/seed_batch.py) and on the tiny SD pipeline (1 thread).
 
 The cost is speed, which is why this is a choice (`--kernels batch-invariant`) and not the
 default: torch's own convolution is slower than oneDNN's on larger batches, and a product
-pays a Python call per block (docs/performance.md has the figures). It is process-wide, like
+pays a Python call per block (docs/determinism.md has the figures). It is process-wide, like
 the thread count: the model, the rewards and every other CPU kernel of this process. CUDA is
 untouched: cuBLAS and cuDNN choose kernels by shape as well and torch has no switch that
 makes them batch-invariant, so the loading option refuses a device other than the CPU.
