@@ -173,37 +173,23 @@ def test_batch_invariant_kernels_on_a_gpu_are_refused_in_one_line(tmp_path, caps
     assert not batch_invariant.enabled()
 
 
-DIGITS_SWEEP = """
-seeds = [0, 1, 2]
-optimize = ["digit:3"]
-evaluate = ["brightness"]
-
-[model]
-name = "digits"
-
-[prompts]
-list = ["3"]
-
-[[methods]]
-method = "demon"
+TWO_METHODS = """method = "demon"
 budgets = [8]
 options = { K = 4 }
 
 [[methods]]
 method = "dno"
 budgets = [3]
-options = { steps = 4 }
-"""
+options = { steps = 4 }"""
 
 
 def test_a_sweep_under_batch_invariant_kernels_batches_its_seeds_and_equals_the_sweep_run_alone(tmp_path, capsys):
     """`sweep --kernels batch-invariant`: every seed as one batch by default on the CPU (Demon in
     lockstep, DNO's cells at one align_batch); every line and noise equal the sweep run one seed
     at a time."""
-    from test_sweep import assert_same_sweep, sweep
+    from test_sweep import assert_same_sweep, sweep, tiny
 
-    spec = tmp_path / "digits.toml"
-    spec.write_text(DIGITS_SWEEP)
+    spec = tiny(tmp_path, seeds="[0, 1, 2]", method=TWO_METHODS)
     assert sweep(spec, "--out", tmp_path / "batched", "--kernels", "batch-invariant") == 0
     assert "6 cells; local executor, 1 worker(s), seeds 3 at a time" in capsys.readouterr().err
     assert sweep(spec, "--out", tmp_path / "alone", "--quiet", "--kernels", "batch-invariant", "--seed-batch", "1") == 0

@@ -25,8 +25,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
-from . import __version__
-from . import batch_invariant
+from . import __version__, batch_invariant
 from .cpu import malloc_settings
 from .errors import NoiseAlignError
 from .imaging import is_image_batch, save_grid, save_image

@@ -26,13 +26,10 @@ class DirectAttention(Attention):
                               attention_mask=attention_mask)
 
 
-def call_processors_directly(*modules: torch.nn.Module) -> int:
+def call_processors_directly(*modules: torch.nn.Module) -> None:
     """Turn every plain `Attention` inside `modules` into a `DirectAttention` (in place: the same
-    weights and processor); returns how many it turned."""
-    turned = 0
+    weights and processor)."""
     for module in modules:
         for attention in module.modules():
             if type(attention) is Attention:
                 attention.__class__ = DirectAttention
-                turned += 1
-    return turned
