@@ -34,6 +34,14 @@ def invariant():
     batch_invariant.enable()
 
 
+@pytest.fixture
+def thread_count():
+    """Gives the process its thread count back after a test that sets it."""
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
 def rows_alone(function, x: torch.Tensor) -> torch.Tensor:
     return torch.cat([function(x[i:i + 1]) for i in range(len(x))])
 
@@ -62,6 +70,28 @@ def test_channels_last_group_norm_and_convolution_give_a_row_the_same_bits_in_an
         assert torch.equal(norm(x), rows_alone(norm, x))
         assert torch.equal(conv(x), rows_alone(conv, x))
         assert torch.equal(conv(x[0]), conv(x[:1])[0])                      # an unbatched input, as torch takes it
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_convolution_gives_a_sample_the_same_bits_in_any_batch_forward_and_backward(invariant, thread_count,
+                                                                                     threads):
+    """With two threads torch convolves a batch's samples in parallel, each on one thread, and a
+    lone sample on both; the one-channel input's backward GEMM then rounded differently on an
+    AMD EPYC host, until the override convolved one sample at a time."""
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(1, 32, 3, padding=1)
+    x = torch.randn(4, 1, 8, 8, requires_grad=True)
+    weights = torch.randn(32, 8, 8)
+    (conv(x) * weights).sum().backward()
+    alone = []
+    for i in range(len(x)):
+        xi = x.detach()[i:i + 1].requires_grad_()
+        (conv(xi) * weights).sum().backward()
+        alone.append(xi.grad)
+    with torch.no_grad():
+        assert torch.equal(conv(x), rows_alone(conv, x))
+    assert torch.equal(x.grad, torch.cat(alone))
 
 
 def test_addmm_keeps_its_definition_and_disable_gives_torch_its_kernels_back():

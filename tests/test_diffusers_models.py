@@ -198,7 +198,7 @@ def test_batch_rows_are_independent(family, pipelines, tmp_path_factory):
     with torch.no_grad():
         batch = model.denoise(x, sigma, cond)
         rows = torch.cat([model.denoise(x[i:i + 1], sigma[i], cond) for i in range(2)])
-        assert torch.allclose(batch, rows, atol=1e-5)
+        assert (batch - rows).abs().max() <= 1e-5 * batch.abs().max()     # float rounding of another batch size
         model.decoder.chunk = 1
         assert torch.allclose(model.decode(batch), torch.cat([model.decode(b[None]) for b in batch]), atol=1e-6)
 

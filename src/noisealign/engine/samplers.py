@@ -9,6 +9,7 @@ No `no_grad` here: gradients are the caller's choice.
 
 from __future__ import annotations
 
+from itertools import count
 from typing import Callable, Sequence
 
 from torch import Tensor
@@ -76,17 +77,44 @@ def ode_evaluations(sigmas: Tensor, solver: str = "heun") -> int:
     return 2 * steps - int(float(sigmas[-1]) == 0) if solver == "heun" else steps
 
 
+AncestralStep = Callable[[Tensor, float, float, Tensor], Tensor]
+"""step(x, sigma, sigma_next, noise) -> the state at sigma_next: one whole step, its denoiser call included."""
+
+
 def sample_ancestral(denoiser: DenoiserFn, x: Tensor, sigmas: Tensor, noises: Sequence[Tensor],
                      eta: float = 1.0, callback: StepCallback | None = None) -> Tensor:
     """DDIM-eta / ancestral sampling; noises[i] is the z injected by step i (len(sigmas) - 1 of them)."""
+    if callback is not None:
+        denoiser = _observed(denoiser, callback)
+    return run_steps(ancestral_update(denoiser, eta), x, sigmas, noises)
+
+
+def ancestral_update(denoiser: DenoiserFn, eta: float) -> AncestralStep:
+    """A whole DDIM-eta step as one function: the unit a caller may wrap (DNO checkpoints it, so
+    that every use of x lies inside one recomputed unit)."""
+    def step(x: Tensor, sigma: float, sigma_next: float, noise: Tensor) -> Tensor:
+        return ancestral_step(x, sigma, sigma_next, denoiser(x, sigma), noise, eta)
+    return step
+
+
+def run_steps(step: AncestralStep, x: Tensor, sigmas: Tensor, noises: Sequence[Tensor]) -> Tensor:
+    """x after x <- step(x, sigma_i, sigma_{i+1}, noises[i]) for every step along `sigmas`."""
     _check_noise_count(sigmas, noises)
     for i in range(len(sigmas) - 1):
-        sigma, sigma_next = float(sigmas[i]), float(sigmas[i + 1])
-        denoised = denoiser(x, sigma)
-        if callback is not None:
-            callback(i, sigma, x, denoised)
-        x = ancestral_step(x, sigma, sigma_next, denoised, noises[i], eta)
+        x = step(x, float(sigmas[i]), float(sigmas[i + 1]), noises[i])
     return x
+
+
+def _observed(denoiser: DenoiserFn, callback: StepCallback) -> DenoiserFn:
+    """The denoiser, reporting each call to `callback` as step i (one call a step, as ancestral
+    sampling makes)."""
+    steps = count()
+
+    def call(x: Tensor, sigma: float) -> Tensor:
+        denoised = denoiser(x, sigma)
+        callback(next(steps), sigma, x, denoised)
+        return denoised
+    return call
 
 
 def sample_beta_sde(denoiser: DenoiserFn, x: Tensor, sigmas: Tensor, noises: Sequence[Tensor],

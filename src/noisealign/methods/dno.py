@@ -53,7 +53,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import Tensor
 
-from ..engine import ancestral_sigmas, ancestral_step
+from ..engine import ancestral_sigmas, ancestral_update, run_steps
 from ..engine.noise import randn, sample_generator
 from ..errors import NoiseAlignError
 from ..models.base import DiffusionModel
@@ -156,21 +156,16 @@ def unstack_variables(variables: Tensor, z: Tensor, active: list[int]) -> tuple[
 
 def generate(denoiser: Callable[[Tensor, float], Tensor], model: DiffusionModel, sigmas: Tensor, eta: float,
              z_T: Tensor, noises: list[Tensor], checkpointing: bool | CheckpointPlan = False) -> tuple[Tensor, Tensor]:
-    """(sample, decode(sample)) of DDIM-eta from x_T = prior_std(sigma_0) z_T with per-step `noises`
-    (`engine.sample_ancestral`, written out so that each step is one unit to checkpoint).
+    """(sample, decode(sample)) of DDIM-eta (`engine.sample_ancestral`) from x_T = prior_std(sigma_0) z_T
+    with per-step `noises`.
 
-    With gradients enabled, the sampler steps and the decode that `checkpointing` (a plan, or
-    True / False: all / none) checkpoints keep only their inputs and are recomputed in the
+    With gradients enabled, the whole sampler steps and the decode that `checkpointing` (a plan,
+    or True / False: all / none) checkpoints keep only their inputs and are recomputed in the
     backward pass: memory grows by one state per such step instead of one network's activations.
     """
-    def step(x: Tensor, sigma: float, sigma_next: float, noise: Tensor) -> Tensor:
-        return ancestral_step(x, sigma, sigma_next, denoiser(x, sigma), noise, eta)
-
     plan = checkpointing if isinstance(checkpointing, CheckpointPlan) else CheckpointPlan(checkpointing)
-    step, decode = plan.wrap(step, model.decode, len(sigmas) - 1)
-    x = model.prior_std(float(sigmas[0])) * z_T
-    for i in range(len(sigmas) - 1):
-        x = step(x, float(sigmas[i]), float(sigmas[i + 1]), noises[i])
+    step, decode = plan.wrap(ancestral_update(denoiser, eta), model.decode, len(sigmas) - 1)
+    x = run_steps(step, model.prior_std(float(sigmas[0])) * z_T, sigmas, noises)
     return x, decode(x)
 
 

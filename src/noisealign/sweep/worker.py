@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -112,11 +112,7 @@ class Worker:
         try:
             try:
                 prepared = self._prepare(cell, folder)
-                if lockstep is not None:
-                    prepared.problem = routed_problem(prepared.problem, lockstep)
-                    if hasattr(prepared.method, "run_batch"):
-                        prepared.aligner = partial(_aligned_together, lockstep)
-                report = execute(prepared)
+                report = execute(prepared if lockstep is None else in_lockstep(prepared, lockstep))
                 record, seed = report.record, report.seeds[0]
                 evaluation = self._held_out(cell, seed.aligned.result.output, lockstep)
                 baseline_evaluation = self._held_out(cell, seed.baseline.result.output, lockstep)
@@ -140,6 +136,14 @@ class Worker:
             return self.rewards[reward] if lockstep is None else routed_reward(self.rewards[reward], lockstep)
         return {reward: float(evaluate(Problem(self.model, scorer(reward), cell.prompt), output)[0])
                 for reward in self.spec.evaluate}
+
+
+def in_lockstep(prepared: PreparedRun, lockstep: Lockstep) -> PreparedRun:
+    """The cell's run as part of its seed batch: its network calls and reward queries go through
+    `lockstep`, and a method that runs seed batches itself (`run_batch`) shares one
+    `align_batch` with the batch's other cells."""
+    aligner = partial(_aligned_together, lockstep) if hasattr(prepared.method, "run_batch") else None
+    return replace(prepared, problem=routed_problem(prepared.problem, lockstep), aligner=aligner)
 
 
 def _aligned_together(lockstep: Lockstep, run: PreparedRun, seeds: list[int],
