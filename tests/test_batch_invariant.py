@@ -46,20 +46,27 @@ def rows_alone(function, x: torch.Tensor) -> torch.Tensor:
     return torch.cat([function(x[i:i + 1]) for i in range(len(x))])
 
 
+def input_gradients(loss, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(d loss / d x of the batch, the same of each row alone, stacked)."""
+    batch = x.detach().requires_grad_()
+    loss(batch).backward()
+    alone = []
+    for i in range(len(x)):
+        row = x.detach()[i:i + 1].requires_grad_()
+        loss(row).backward()
+        alone.append(row.grad)
+    return batch.grad, torch.cat(alone)
+
+
 @pytest.mark.parametrize("rows", [2, 5, 64, 70, 130])
 def test_a_linear_layer_gives_a_row_the_same_bits_in_any_batch_forward_and_backward(invariant, rows):
     torch.manual_seed(0)
     linear = torch.nn.Linear(128, 256)
-    x = torch.randn(rows, 3, 128, requires_grad=True)                   # a 3-D input folds into one product
-    linear(x).pow(2).sum().backward()
-    alone = []
-    for i in range(rows):
-        xi = x.detach()[i:i + 1].requires_grad_()
-        linear(xi).pow(2).sum().backward()
-        alone.append(xi.grad)
+    x = torch.randn(rows, 3, 128)                                       # a 3-D input folds into one product
+    batched, alone = input_gradients(lambda x: linear(x).pow(2).sum(), x)
     with torch.no_grad():
         assert torch.equal(linear(x), rows_alone(linear, x))
-    assert torch.equal(x.grad, torch.cat(alone))
+    assert torch.equal(batched, alone)
 
 
 def test_channels_last_group_norm_and_convolution_give_a_row_the_same_bits_in_any_batch(invariant):
@@ -81,17 +88,12 @@ def test_a_convolution_gives_a_sample_the_same_bits_in_any_batch_forward_and_bac
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     conv = torch.nn.Conv2d(1, 32, 3, padding=1)
-    x = torch.randn(4, 1, 8, 8, requires_grad=True)
+    x = torch.randn(4, 1, 8, 8)
     weights = torch.randn(32, 8, 8)
-    (conv(x) * weights).sum().backward()
-    alone = []
-    for i in range(len(x)):
-        xi = x.detach()[i:i + 1].requires_grad_()
-        (conv(xi) * weights).sum().backward()
-        alone.append(xi.grad)
+    batched, alone = input_gradients(lambda x: (conv(x) * weights).sum(), x)
     with torch.no_grad():
         assert torch.equal(conv(x), rows_alone(conv, x))
-    assert torch.equal(x.grad, torch.cat(alone))
+    assert torch.equal(batched, alone)
 
 
 def test_addmm_keeps_its_definition_and_disable_gives_torch_its_kernels_back():
@@ -151,7 +153,7 @@ def sd_folder(tmp_path_factory):
 
 
 @pytest.mark.parametrize("name", ["demon", "dno", "fk"])
-def test_the_tiny_sd_pipeline_batched_gives_each_seed_alone_bit_for_bit(sd_folder, name):
+def test_the_tiny_sd_pipeline_batched_gives_each_seed_alone_bit_for_bit(sd_folder, thread_count, name):
     """Conv, attention, group norm on channels-last tensors, the VAE decode and, for dno, the
     backward pass through all of them."""
     torch.set_num_threads(1)

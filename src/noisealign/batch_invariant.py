@@ -33,8 +33,9 @@ The cost is speed, which is why this is a choice (`--kernels batch-invariant`) a
 default: torch's own convolution is slower than oneDNN's (on the digits model's 8 x 8 maps, 1.6x
 for a batch of 64), a sample at a time more so, and a product pays a Python call per block
 (docs/determinism.md has the figures). It is process-wide, like the thread count: the model,
-the rewards and every other CPU kernel of this process. CUDA is untouched: cuBLAS and cuDNN choose kernels by shape as well and torch has no switch that
-makes them batch-invariant, so the loading option refuses a device other than the CPU.
+the rewards and every other CPU kernel of this process. CUDA is untouched: cuBLAS and cuDNN
+choose kernels by shape as well and torch has no switch that makes them batch-invariant, so the
+loading option refuses a device other than the CPU.
 """
 
 from __future__ import annotations

@@ -11,8 +11,8 @@ from .steps import (ancestral_sigmas, ancestral_step, beta_sde_heun_correct, bet
                     euler_step, heun_correct, unipc_correct)
 
 __all__ = [
-    "ODE_SOLVERS", "SDE_SOLVERS", "ancestral_sigmas", "ancestral_step", "ancestral_update", "append_zero", "beta_sde_heun_correct",
-    "beta_sde_step", "dpmpp_2m_step", "eps_hat", "euler_step", "heun_correct", "karras_sigmas", "lookahead_steps",
-    "ode_evaluations", "ode_lookahead", "run_steps", "sample_ancestral", "sample_beta_sde", "sample_ode", "tweedie_lookahead",
-    "unipc_correct", "vp_sigmas_from_alphas_cumprod",
+    "ODE_SOLVERS", "SDE_SOLVERS", "ancestral_sigmas", "ancestral_step", "ancestral_update", "append_zero",
+    "beta_sde_heun_correct", "beta_sde_step", "dpmpp_2m_step", "eps_hat", "euler_step", "heun_correct",
+    "karras_sigmas", "lookahead_steps", "ode_evaluations", "ode_lookahead", "run_steps", "sample_ancestral",
+    "sample_beta_sde", "sample_ode", "tweedie_lookahead", "unipc_correct", "vp_sigmas_from_alphas_cumprod",
 ]
